@@ -151,13 +151,14 @@ def check_greedy_generation(
     for r, n in enumerate(lengths):
         tokens[r, t - n :] = rng.integers(1, ours.config.vocab_size, size=n)
         mask[r, t - n :] = 1
+    eos = hf_model.generation_config.eos_token_id
+    eos = () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
     with torch.no_grad():
         ref = hf_model.generate(
             torch.as_tensor(tokens),
             attention_mask=torch.as_tensor(mask),
             do_sample=False,
             max_new_tokens=max_new_tokens,
-            min_new_tokens=max_new_tokens,
             pad_token_id=0,
         )[:, t:].numpy()
     out = generate(
@@ -166,7 +167,9 @@ def check_greedy_generation(
         tokens,
         mask,
         max_new_tokens=max_new_tokens,
-        eos_token_ids=(),
+        eos_token_ids=eos,
         pad_token_id=0,
     )
-    np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+    got = np.asarray(out.tokens)
+    np.testing.assert_array_equal(got[:, : ref.shape[1]], ref)
+    assert (got[:, ref.shape[1] :] == 0).all(), "rows must be padded after every row ended"

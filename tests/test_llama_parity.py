@@ -49,3 +49,7 @@ def test_intervention_matches_torch_hook(pair):
 
 def test_stop_at_layer_equals_full_capture(pair):
     ref.check_stop_at_layer(pair[1], layer=1)
+
+
+def test_greedy_generation_matches_hf(pair):
+    ref.check_greedy_generation(*pair)
