@@ -58,7 +58,7 @@ def params_from_arrays(
     """Validate raw arrays against ``cfg`` and build ``SAEParams`` in ``cfg.dtype``.
 
     ``arrays`` must hold W_enc, b_enc, W_dec and b_dec; ``threshold`` is required for
-    JumpReLU and BatchTopK and filled with zeros otherwise. ``source`` (a file path) is
+    JumpReLU and BatchTopK, and set to zeros for ReLU and TopK. ``source`` (a file path) is
     named in every error. Raises ValueError on a missing array, a wrong shape or a
     non-finite value.
     """
@@ -76,10 +76,10 @@ def params_from_arrays(
     dtype = numpy_dtype(cfg.dtype)
     out = {}
     for name, shape in shapes.items():
-        if name in arrays:
+        if name in needed:
             value = np.asarray(arrays[name])
         else:
-            value = np.zeros(shape, np.float32)
+            value = np.zeros(shape, np.float32)  # unused by relu and topk
         if value.shape != shape:
             raise ValueError(
                 f"{source}: weight {name!r} has shape {value.shape}, expected {shape} for "
