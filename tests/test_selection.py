@@ -47,7 +47,9 @@ def test_stable_under_pool_reordering():
         assert len(selection.indices) == 60
 
 
-@pytest.mark.parametrize(("fraction", "n", "expected"), [(0.5, 5, 2), (0.3, 10, 3), (1.0, 7, 7)])
+@pytest.mark.parametrize(
+    ("fraction", "n", "expected"), [(0.5, 5, 2), (0.3, 10, 3), (0.29, 100, 29), (1.0, 7, 7)]
+)
 def test_fraction_uses_floor(fraction, n, expected):
     ids = [str(i) for i in range(n)]
     assert len(select_top(ids, np.arange(n, dtype=float), fraction=fraction).indices) == expected
