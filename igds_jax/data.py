@@ -188,7 +188,9 @@ def _load_hf(path: Path, split: str | None) -> Any:
     if isinstance(loaded, datasets.DatasetDict):
         if split is None:
             if len(loaded) != 1:
-                raise ValueError(f"{path} contains splits {list(loaded)}; pass split= to choose one")
+                raise ValueError(
+                    f"{path} contains splits {list(loaded)}; pass split= to choose one"
+                )
             split = next(iter(loaded))
         if split not in loaded:
             raise ValueError(f"{path} has no split {split!r}; available: {list(loaded)}")
