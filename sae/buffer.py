@@ -1,7 +1,7 @@
 """Shuffle buffer that mixes streamed activations across documents before training.
 
 Consecutive activations from one document are strongly correlated; training on them in
-order biases each step. The buffer reads source batches until it holds ``capacity``
+order biases each step. The buffer reads source batches until it contains ``capacity``
 rows, shuffles them, and hands out training batches until it is half empty, then
 refills and shuffles again (the scheme SAELens' activation store uses).
 

@@ -11,8 +11,8 @@ All functions take ``(params, cfg, ...)`` with ``cfg`` static and accept any lea
    - ``relu``: ``relu(pre)``;
    - ``jumprelu``: ``relu(pre) * (pre > threshold)``;
    - ``topk``: keep the ``k`` largest ``pre`` of each token, then ReLU them;
-   - ``batchtopk``: at inference the learned global threshold, exactly as ``jumprelu``
-     (SAELens saves trained BatchTopK SAEs as JumpReLU SAEs for the same reason); the
+   - ``batchtopk``: at inference the learned global threshold, exactly as ``jumprelu``.
+     SAELens saves trained BatchTopK SAEs as JumpReLU SAEs for the same reason. The
      batch-wide top ``k * n`` selection is used only in training (``sae.train_step``).
 
 Decoding is ``(f @ W_dec + b_dec) / s``, so a forward pass maps raw activations to raw

@@ -9,7 +9,7 @@ Reading accepts SAELens 6.x configs (hook name under ``meta``) and older ones
 - ``batchtopk`` is written as "jumprelu" with its learned global threshold, as SAELens
   itself saves trained BatchTopK SAEs (the inference rule is the same);
 - an ``expected_average_only_in`` scaling factor is folded into the weights
-  (``W_enc * s``, ``W_dec / s``, ``b_dec / s``) and the config says "none", because
+  (``W_enc * s``, ``W_dec / s``, ``b_dec / s``) and the config is set to "none", because
   SAELens' cfg.json has no field for the factor.
 """
 
@@ -184,7 +184,7 @@ def fold_norm_scaling_factor(params: SAEParams, cfg: SAEConfig) -> tuple[SAEPara
 
 
 def saelens_cfg_dict(cfg: SAEConfig) -> dict[str, Any]:
-    """The cfg.json contents for ``cfg`` (after any folding)."""
+    """Build the cfg.json contents for ``cfg`` (fold the scaling factor first)."""
     arch = {"relu": "standard", "batchtopk": "jumprelu"}.get(cfg.architecture, cfg.architecture)
     out: dict[str, Any] = {
         "architecture": arch,

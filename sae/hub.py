@@ -30,7 +30,7 @@ def from_hub(
     with ``huggingface_hub.snapshot_download`` and load it.
 
     Raises ConnectionError when the files are neither cached nor downloadable (offline
-    machine, unknown repository or path); the message says how to load a local copy.
+    machine, unknown repository or path); the message explains how to load a local copy.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

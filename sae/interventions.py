@@ -41,7 +41,7 @@ Intervention = Callable[..., jax.Array]
 class FeatureEdit:
     """Dynamic intervention parameters: batch row ``b`` edits ``feature_ids_b[b]``.
 
-    ``values_b`` holds alpha (amplify), the clamp value v (clamp) or the coefficient c
+    ``values_b`` contains alpha (amplify), the clamp value v (clamp) or the coefficient c
     (steer). Both vectors have length ``batch`` or 1 (then every row uses the same
     feature). ``sae`` is the full SAE; the edit gathers its rows inside the jitted call.
     """
@@ -124,7 +124,7 @@ def make_feature_intervention(cfg: SAEConfig, mode: str) -> Intervention:
 
 
 def _single_feature_sae(sae: SAEParams, cfg: SAEConfig, feature_id: int) -> tuple[SAEParams, int]:
-    """Slice one feature out of the SAE so a closure holds O(d_in) constants, not the SAE.
+    """Slice one feature out of the SAE so a closure keeps O(d_in) constants, not the SAE.
 
     TopK features depend on all others, so a TopK SAE is kept whole.
     """
@@ -189,7 +189,7 @@ def make_splice_intervention(cfg: SAEConfig) -> Intervention:
 def sae_splice_intervention(sae: SAEParams, cfg: SAEConfig) -> Intervention:
     """``fn(h, mask)`` replacing ``h`` by the SAE reconstruction on real tokens.
 
-    NOTE: the closure holds the whole SAE, which jit embeds in the compiled code; for a
+    NOTE: the closure keeps the whole SAE, which jit embeds in the compiled code. For a
     large SAE prefer ``make_splice_intervention(cfg)`` with the SAE as dynamic parameter.
     """
     splice = make_splice_intervention(cfg)

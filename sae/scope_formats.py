@@ -4,7 +4,7 @@ Gemma Scope: JumpReLU SAEs with ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``
 ``b_enc``, ``b_dec`` and a per-feature ``threshold``; inputs are raw residual activations
 and ``b_dec`` is not subtracted before encoding.
 
-Llama Scope (the OpenMOSS lm-saes format): ``checkpoints/final.safetensors`` holds
+Llama Scope (the OpenMOSS lm-saes format): ``checkpoints/final.safetensors`` contains
 ``encoder.weight [d_sae, d]``, ``encoder.bias [d_sae]``, ``decoder.weight [d, d_sae]`` and
 ``decoder.bias [d]``; ``hyperparams.json`` gives ``d_model``, ``d_sae``, ``hook_point_in``,
 ``act_fn``, a scalar ``jump_relu_threshold``, ``norm_activation`` and

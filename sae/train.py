@@ -1,9 +1,9 @@
 """Train a TopK or BatchTopK SAE on streamed activations, with resumable checkpoints.
 
 The activation source is any iterator of ``[n, d_in]`` float32 arrays (for example
-residual-stream activations at one hook, BOS excluded). Pass a callable
-``start -> iterator`` instead when the source can seek: on resume it is called with the
-number of source batches already consumed; a plain iterator is advanced by reading and
+residual-stream activations at one hook, BOS excluded). A source that can seek may be
+passed as a callable ``start -> iterator`` instead. On resume it is called with the
+number of source batches already consumed. A plain iterator is advanced by reading and
 discarding that many batches.
 
 Each checkpoint (orbax ``CheckpointManager``) holds the train state (params, Adam state,
@@ -74,7 +74,7 @@ class SAETrainConfig:
     b_dec_init: str = "geometric_median"
     # "none" or "expected_average_only_in" (scale inputs to mean norm sqrt(d_in))
     normalize_activations: str = "expected_average_only_in"
-    # rows held by the shuffle buffer (tokens)
+    # capacity of the shuffle buffer, in tokens
     shuffle_buffer_tokens: int = 65_536
     # EMA rate of BatchTopK's inference threshold
     batchtopk_threshold_lr: float = 0.01
@@ -208,7 +208,9 @@ class _Checkpointer:
 
     def save(self, step: int, state: TrainState, buffer: ActivationBuffer, meta: dict) -> None:
         rows, position = buffer.state()
-        if len(rows) == 0:  # orbax cannot save empty arrays; meta["buffer_rows"] says 0
+        if (
+            len(rows) == 0
+        ):  # Orbax cannot save empty arrays, so save one dummy row; meta["buffer_rows"] is 0.
             rows = np.zeros((1, rows.shape[1]), np.float32)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -279,8 +281,8 @@ def train_sae(
     *,
     progress: bool = True,
 ) -> TrainResult:
-    """Train an SAE on ``activation_batches``; resume from ``cfg.checkpoint_dir`` if it
-    holds a checkpoint of this run.
+    """Train an SAE on ``activation_batches``, resuming from the latest checkpoint in
+    ``cfg.checkpoint_dir`` if there is one.
 
     Stops after ``cfg.steps`` steps or when the source runs out. Writes the SAE (SAELens
     format) and ``metrics.json`` to ``cfg.output_dir`` when set.
@@ -303,8 +305,8 @@ def _train(activation_batches, cfg, checkpointer, progress, start_time) -> Train
         meta = checkpointer.restore_meta(resume_step)
         if meta["train_config"] != _resume_key(cfg):
             raise ValueError(
-                f"{cfg.checkpoint_dir} holds a run with a different configuration; use a new "
-                "checkpoint_dir or the original configuration"
+                f"{cfg.checkpoint_dir} contains a checkpoint of a different configuration; "
+                "use a new checkpoint_dir or the original configuration"
             )
         d_in, norm_factor, history = meta["d_in"], meta["norm_factor"], meta["history"]
         position = meta["buffer"]

@@ -3,10 +3,10 @@
 Loss (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"):
 
 - reconstruction: ``mean_n sum_d (x_hat - x)^2``;
-- AuxK: the ``k_aux`` largest pre-activations among dead features (none fired for
-  ``dead_feature_window`` steps) reconstruct the detached residual ``x - x_hat``
-  through ``W_dec`` (no bias); the term is scaled by ``min(n_dead / k_aux, 1)`` and by
-  ``aux_k_coef``.
+- AuxK: the ``k_aux`` largest pre-activations among dead features reconstruct the
+  detached residual ``x - x_hat`` through ``W_dec`` (no bias). A feature is dead when it
+  has not fired for ``dead_feature_window`` steps. The term is scaled by
+  ``min(n_dead / k_aux, 1) * aux_k_coef``.
 
 BatchTopK keeps the ``k * n`` largest ReLU'd pre-activations of the whole batch. Its
 inference threshold is an exponential moving average of the smallest kept activation,
@@ -34,7 +34,7 @@ from sae.params import SAEParams
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TrainState:
-    """Everything the step function updates; saved whole in each checkpoint."""
+    """State that the step function updates, saved whole in each checkpoint."""
 
     params: SAEParams
     opt_state: Any
@@ -116,7 +116,7 @@ def make_step_fn(cfg: SAEConfig, optimizer: optax.GradientTransformation, settin
             params, x_nd, dead_f, cfg, settings
         )
 
-        # drop the gradient along each decoder row: it would only change the row's norm
+        # Drop the gradient along each decoder row, because it would only change the norm.
         g_dec = grads.W_dec
         g_dec = g_dec - jnp.sum(g_dec * params.W_dec, axis=-1, keepdims=True) * params.W_dec
         grads = grads.replace(W_dec=g_dec, threshold=jnp.zeros_like(grads.threshold))

@@ -150,3 +150,22 @@ def test_check_hook_dim():
     check_hook_dim(cfg, 576)
     with pytest.raises(ValueError, match="d_in=576.*960"):
         check_hook_dim(cfg, 960)
+
+
+def test_sae_package_imports_no_model_code():
+    import ast
+    import pathlib
+
+    import sae
+
+    for path in pathlib.Path(sae.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                assert root not in ("models", "igds_jax", "train"), f"{path.name} imports {name}"

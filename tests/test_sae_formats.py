@@ -70,14 +70,17 @@ def test_saelens_cfg_json_is_saelens_6_style(tmp_path):
     _, params, cfg = make("topk")
     save_saelens(params, cfg, tmp_path)
     raw = json.loads((tmp_path / "cfg.json").read_text())
-    assert raw["architecture"] == "topk" and raw["k"] == K
-    assert raw["d_in"] == D_IN and raw["d_sae"] == D_SAE
+    assert raw["architecture"] == "topk"
+    assert raw["k"] == K
+    assert raw["d_in"] == D_IN
+    assert raw["d_sae"] == D_SAE
     assert raw["meta"]["hook_name"] == "blocks.7.hook_resid_post"
     assert raw["meta"]["hook_layer"] == 7
     assert raw["meta"]["sae_lens_version"].startswith("6.")
     weights = safetensors.numpy.load_file(tmp_path / "sae_weights.safetensors")
     assert set(weights) == {"W_enc", "b_enc", "W_dec", "b_dec"}
-    assert weights["W_enc"].shape == (D_IN, D_SAE) and weights["W_dec"].shape == (D_SAE, D_IN)
+    assert weights["W_enc"].shape == (D_IN, D_SAE)
+    assert weights["W_dec"].shape == (D_SAE, D_IN)
 
     _, params, cfg = make("relu")
     save_saelens(params, cfg, tmp_path / "relu")
@@ -139,7 +142,8 @@ def test_old_saelens_config_loads(tmp_path):
     }
     write_saelens(tmp_path, old, weights)
     params, cfg = load_saelens(tmp_path)
-    assert cfg.architecture == "topk" and cfg.k == 3
+    assert cfg.architecture == "topk"
+    assert cfg.k == 3
     assert cfg.hook_name == "blocks.2.hook_resid_pre"
     x = inputs()
     np.testing.assert_allclose(
@@ -290,11 +294,13 @@ def test_gemma_scope_errors(tmp_path):
 def write_llama_scope(path, hp_overrides=None, n_in=7.3, n_out=7.3, seed=31):
     rng = np.random.default_rng(seed)
     d = D_IN
+
     enc_w = (rng.normal(size=(D_SAE, d)) / math.sqrt(d)).astype(np.float32)  # [d_sae, d]
     enc_b = (0.1 * rng.normal(size=D_SAE)).astype(np.float32)
     # decoder columns with norms far from 1, so the decoder-norm gate matters
     dec_w = (rng.normal(size=(d, D_SAE)) * rng.uniform(0.2, 3.0, size=D_SAE)).astype(np.float32)
     dec_b = (0.3 * rng.normal(size=d)).astype(np.float32)
+
     hp = {
         "d_model": d,
         "d_sae": D_SAE,
@@ -309,6 +315,7 @@ def write_llama_scope(path, hp_overrides=None, n_in=7.3, n_out=7.3, seed=31):
         "top_k": 50,
     }
     hp.update(hp_overrides or {})
+
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     (path / "hyperparams.json").write_text(json.dumps(hp))
     raw = {
@@ -344,7 +351,8 @@ def test_llama_scope_folds_dataset_norm(tmp_path, n_in, n_out):
     x = inputs(50)
     expected_f, expected_recon = llama_scope_reference(hp, raw, x)
     f = np.asarray(encode(params, cfg, jnp.asarray(x)))
-    assert (f > 0).any() and (f == 0).any()
+    assert (f > 0).any()
+    assert (f == 0).any()
     np.testing.assert_allclose(f, expected_f, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(
         forward(params, cfg, jnp.asarray(x)), expected_recon, rtol=1e-4, atol=1e-4

@@ -66,7 +66,8 @@ def test_topk_recovers_true_directions(tmp_path):
     # the saved SAE is what train_sae returned, and reads raw activations
     loaded, loaded_cfg = load_saelens(tmp_path / "sae")
     np.testing.assert_allclose(loaded.W_dec, result.params.W_dec, rtol=1e-6)
-    assert loaded_cfg.architecture == "topk" and loaded_cfg.k == 4
+    assert loaded_cfg.architecture == "topk"
+    assert loaded_cfg.k == 4
     x = next(synthetic_source(10**6))
     f = np.asarray(encode(loaded, loaded_cfg, jnp.asarray(x)))
     recon = f @ np.asarray(loaded.W_dec) + np.asarray(loaded.b_dec)
@@ -87,7 +88,8 @@ def test_batchtopk_recovers_and_learns_threshold():
     assert result.cfg.architecture == "batchtopk"
     assert recovered_fraction(result.params) >= 0.75
     threshold = np.asarray(result.params.threshold)
-    assert (threshold > 0).all() and np.ptp(threshold) == 0
+    assert (threshold > 0).all()
+    assert np.ptp(threshold) == 0
     # at inference the learned threshold alone gives about k active features per token
     x = next(synthetic_source(10**6))
     l0 = (np.asarray(encode(result.params, result.cfg, jnp.asarray(x))) > 0).sum(-1).mean()
@@ -134,7 +136,8 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path, architecture):
             lambda start: synthetic_source(start, rows=64, crash_at=90), crashed_cfg, progress=False
         )
     checkpoints = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.isdigit())
-    assert checkpoints and int(checkpoints[-1]) < 60
+    assert checkpoints
+    assert int(checkpoints[-1]) < 60
 
     resumed = train_sae(lambda start: synthetic_source(start, rows=64), crashed_cfg, progress=False)
     params_equal(reference.params, resumed.params)
