@@ -25,6 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sae.config import SAEConfig
 from sae.params import SAEParams
@@ -124,6 +125,21 @@ def check_subset_supported(cfg: SAEConfig) -> None:
         )
 
 
+def check_feature_ids(feature_ids: object, d_sae: int) -> None:
+    """Raise ValueError for feature ids outside ``0..d_sae-1``.
+
+    Ids that are traced inside jit cannot be checked here; JAX clamps or fills an
+    out-of-range gather there instead of failing.
+    """
+    try:
+        ids = np.asarray(feature_ids)
+    except jax.errors.TracerArrayConversionError:
+        return
+    bad = ids[(ids < 0) | (ids >= d_sae)]
+    if bad.size:
+        raise ValueError(f"feature ids {bad.tolist()} are out of range 0..{d_sae - 1}")
+
+
 def encode_subset(
     params: SAEParams, cfg: SAEConfig, x_nd: jax.Array, feature_ids_m: jax.Array
 ) -> jax.Array:
@@ -135,6 +151,7 @@ def encode_subset(
     topk.
     """
     check_subset_supported(cfg)
+    check_feature_ids(feature_ids_m, cfg.d_sae)
     ids = jnp.asarray(feature_ids_m, jnp.int32)
     w_enc_dm = jnp.take(params.W_enc, ids, axis=1)
     pre = sae_input(params, cfg, x_nd) @ w_enc_dm + params.b_enc[ids]

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sae.config import SAEConfig
-from sae.core import activate, encode, forward, input_scale, sae_input
+from sae.core import activate, check_feature_ids, encode, forward, input_scale, sae_input
 from sae.params import SAEParams
 
 MODES = ("amplify", "clamp", "steer")
@@ -53,6 +53,7 @@ class FeatureEdit:
 
 def feature_edit(sae: SAEParams, feature_ids: object, values: object) -> FeatureEdit:
     """Build a ``FeatureEdit`` from ids and values (scalars or per-row sequences)."""
+    check_feature_ids(feature_ids, sae.W_enc.shape[1])
     ids = jnp.atleast_1d(jnp.asarray(feature_ids, jnp.int32))
     vals = jnp.atleast_1d(jnp.asarray(values, jnp.float32))
     if ids.ndim != 1 or vals.ndim != 1:

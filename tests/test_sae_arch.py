@@ -123,6 +123,12 @@ def test_encode_subset_rejects_topk():
         encode_subset(params, cfg, jnp.zeros((2, D_IN)), np.array([1]))
 
 
+def test_encode_subset_rejects_out_of_range_ids():
+    _, params, cfg = make("relu")
+    with pytest.raises(ValueError, match=rf"\[{D_SAE}\] are out of range"):
+        encode_subset(params, cfg, jnp.zeros((2, D_IN)), np.array([0, D_SAE]))
+
+
 def test_encode_subset_gathers_before_matmul():
     # The subset path must not compute all d_sae pre-activations: its jaxpr has no
     # [*, d_sae]-shaped matmul output.

@@ -150,6 +150,8 @@ def test_unknown_mode_and_bad_feature_id():
         make_feature_intervention(cfg, "ablate")
     with pytest.raises(ValueError, match="out of range"):
         amplify_feature(params, cfg, D_SAE, 2.0)
+    with pytest.raises(ValueError, match=r"\[-1\] are out of range"):
+        feature_edit(params, [3, -1], 2.0)
 
 
 def test_splice_replaces_real_tokens_with_reconstruction():
