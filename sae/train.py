@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import yaml
 from tqdm.auto import tqdm
 
 from sae.buffer import ActivationBuffer
+from sae.checkpoint import TrainCheckpointer
 from sae.config import SAEConfig
 from sae.formats import fold_norm_scaling_factor, save_saelens
 from sae.params import SAEParams
@@ -189,57 +189,6 @@ def _open_source(activation_batches: ActivationSource, start: int) -> Iterator[n
     return source
 
 
-class _Checkpointer:
-    """Orbax CheckpointManager for (train state, buffer rows, JSON metadata)."""
-
-    def __init__(self, directory: str, cfg: SAETrainConfig):
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=cfg.keep_checkpoints,
-            enable_async_checkpointing=False,
-        )
-        self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=options,
-            item_names=("state", "buffer", "meta"),
-        )
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def save(self, step: int, state: TrainState, buffer: ActivationBuffer, meta: dict) -> None:
-        rows, position = buffer.state()
-        if (
-            len(rows) == 0
-        ):  # Orbax cannot save empty arrays, so save one dummy row; meta["buffer_rows"] is 0.
-            rows = np.zeros((1, rows.shape[1]), np.float32)
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            buffer=ocp.args.StandardSave({"rows": rows}),
-            meta=ocp.args.JsonSave({**meta, "buffer": position}),
-        )
-        self.manager.save(step, args=args, force=True)
-        self.manager.wait_until_finished()
-        logger.info("saved checkpoint at step %d to %s", step, self.manager.directory)
-
-    def restore_meta(self, step: int) -> dict:
-        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return restored["meta"]
-
-    def restore_arrays(self, step: int, abstract_state: TrainState, n_rows: int, d_in: int):
-        rows_target = {"rows": np.zeros((max(n_rows, 1), d_in), np.float32)}
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                buffer=ocp.args.StandardRestore(rows_target),
-            ),
-        )
-        return restored["state"], np.asarray(restored["buffer"]["rows"])[:n_rows]
-
-    def close(self) -> None:
-        self.manager.close()
-
-
 def _resume_key(cfg: SAETrainConfig) -> dict[str, Any]:
     """Config fields that must match for a checkpoint to be resumed (not output paths)."""
     fields = dataclasses.asdict(cfg)
@@ -288,7 +237,9 @@ def train_sae(
     format) and ``metrics.json`` to ``cfg.output_dir`` when set.
     """
     start_time = time.time()
-    checkpointer = _Checkpointer(cfg.checkpoint_dir, cfg) if cfg.checkpoint_dir else None
+    checkpointer = (
+        TrainCheckpointer(cfg.checkpoint_dir, cfg.keep_checkpoints) if cfg.checkpoint_dir else None
+    )
     try:
         return _train(activation_batches, cfg, checkpointer, progress, start_time)
     finally:
