@@ -13,6 +13,8 @@ Planted SAE at ``blocks.0.hook_resid_pre`` (the token embeddings), JumpReLU:
   the loss on the same responses.
 - ``APPLE`` and ``PEAR`` fire on "apple" / "pear", task words of the recall tests.
 - ``THE`` fires on "the", a word common to the task and the reference corpus.
+- ``FIVE`` never fires, but its decoder row is ``+U[5]``: steering along it makes the
+  model answer "5".
 - every other feature has a random direction and a threshold it almost never reaches.
 """
 
@@ -31,7 +33,7 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 WORDS = (
     "yes no maybe apple pear plum the a cat dog sat on mat is what how many why "
     "question answer fruit say red blue green one two three four five six seven eight nine "
-    "ten plus equals #### please tell me"
+    "ten plus equals #### please tell me 0 1 2 3 4 5 6 7 8 9"
 ).split()
 VOCAB = {w: i for i, w in enumerate(SPECIALS + WORDS)}
 PAD, BOS, EOS = 0, 1, 2
@@ -39,7 +41,7 @@ D_MODEL, D_FF, N_LAYERS = 32, 64, 2
 N_HEADS, N_KV_HEADS = 4, 2
 D_SAE = 16
 HOOK = "blocks.0.hook_resid_pre"
-YES_UP, YES_DOWN, APPLE, PEAR, THE = 0, 1, 2, 3, 4
+YES_UP, YES_DOWN, APPLE, PEAR, THE, FIVE = 0, 1, 2, 3, 4, 5
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
@@ -134,6 +136,8 @@ def planted_sae_arrays(
     u_yes = head_vd[VOCAB["yes"]] / np.linalg.norm(head_vd[VOCAB["yes"]])
     w_dec[YES_UP] = decoder_scale * u_yes
     w_dec[YES_DOWN] = -decoder_scale * u_yes
+    u_five = head_vd[VOCAB["5"]] / np.linalg.norm(head_vd[VOCAB["5"]])
+    w_dec[FIVE] = decoder_scale * u_five
     return {
         "W_enc": w_enc,
         "b_enc": np.zeros((D_SAE,), np.float32),
@@ -217,13 +221,13 @@ def load_tiny_model(directory: Path):
     return load_model(write_model(directory))
 
 
-def encode_rows(tokenizer, rows: list[dict], max_tokens: int = 64):
-    """Encode rows with the plain-text template (prompt + newline + response + EOS)."""
+def encode_rows(tokenizer, rows: list[dict], max_tokens: int = 64, **split_kwargs):
+    """Encode rows with the plain-text template (prompt, newline, response, optional EOS)."""
     from igds_jax.records import Record
     from igds_jax.tokenize import encode_records
 
     records = [Record(r["id"], r["prompt"], r["response"]) for r in rows]
-    examples, _ = encode_records(tokenizer, records, max_tokens=max_tokens)
+    examples, _ = encode_records(tokenizer, records, max_tokens=max_tokens, **split_kwargs)
     return examples
 
 
@@ -233,3 +237,10 @@ def captured_hook(model, example, hook: str = HOOK) -> np.ndarray:
 
     _, captured = forward(model.graphdef, model.state, example.input_ids[None], capture=[hook])
     return np.asarray(captured[hook][0], np.float64)
+
+
+def np_log_softmax(logits_tv: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis in float64."""
+    x = np.asarray(logits_tv, np.float64)
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))

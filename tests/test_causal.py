@@ -1,0 +1,145 @@
+"""Causal validation: planted helpful and harmful features, and a per-feature recomputation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from igds_jax.causal import causal_validate
+from models.generate import generate
+from models.transformer import forward
+from sae import amplify_feature, steer_feature
+from tests import method_assets as assets
+from train.metrics import exact_match
+
+CANDIDATES = [assets.YES_UP, assets.YES_DOWN, assets.APPLE]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    model = assets.load_tiny_model(tmp_path_factory.mktemp("model"))
+    _, params, cfg = assets.planted_sae()
+    # no EOS: every target after a "yes" is another "yes"
+    dev = assets.encode_rows(model.tokenizer, assets.task_rows(6), append_eos=False)
+    return model, params, cfg, dev
+
+
+def validate(setup, candidates=CANDIDATES, **kwargs):
+    model, params, cfg, dev = setup
+    kwargs.setdefault("max_tokens", 64)
+    kwargs.setdefault("bucket_multiple", 4)
+    return causal_validate(
+        model.graphdef, model.state, params, cfg, candidates, dev, hook_name=assets.HOOK, **kwargs
+    )
+
+
+def numpy_response_loss(model, examples, intervention=None):
+    """Mean response-token cross-entropy, one unpadded example at a time."""
+    total, count = 0.0, 0
+    for e in examples:
+        interventions = {assets.HOOK: intervention} if intervention else None
+        logits, _ = forward(
+            model.graphdef, model.state, e.input_ids[None], interventions=interventions
+        )
+        logp = assets.np_log_softmax(logits[0])
+        for t in np.flatnonzero(e.response_mask):
+            total -= logp[t - 1, e.input_ids[t]]
+            count += 1
+    return total / count
+
+
+def test_keeps_helpful_drops_harmful(setup):
+    result = validate(setup)
+    assert result.feature_ids.tolist() == CANDIDATES
+    assert result.deltas_c[0] > 1.0  # YES_UP lowers the loss
+    assert result.deltas_c[1] < -1.0  # YES_DOWN raises it
+    assert result.kept_c[0]
+    assert not result.kept_c[1]
+
+
+def test_deltas_match_per_feature_runs(setup):
+    model, params, cfg, dev = setup
+    # 4 entries (base + 3) in groups of 3 rows: two calls per batch, the second padded
+    result = validate(setup, tokens_per_call=3 * 16 * 6)
+    base = numpy_response_loss(model, dev)
+    np.testing.assert_allclose(result.base_value, base, rtol=1e-5)
+    for c, fid in enumerate(CANDIDATES):
+        edited = numpy_response_loss(model, dev, amplify_feature(params, cfg, fid, 4.0))
+        np.testing.assert_allclose(result.values_c[c], edited, rtol=1e-5)
+        np.testing.assert_allclose(result.deltas_c[c], base - edited, rtol=1e-5, atol=1e-6)
+    assert result.num_scored_tokens == sum(int(e.response_mask.sum()) for e in dev)
+
+
+def test_call_size_does_not_change_results(setup):
+    one_per_call = validate(setup, tokens_per_call=16)
+    all_in_one = validate(setup, tokens_per_call=1 << 16)
+    np.testing.assert_allclose(one_per_call.values_c, all_in_one.values_c, rtol=1e-5)
+    np.testing.assert_allclose(one_per_call.base_value, all_in_one.base_value, rtol=1e-5)
+
+
+def test_steer_mode_matches_closure(setup):
+    model, params, cfg, dev = setup
+    result = validate(setup, candidates=[assets.FIVE], mode="steer", steer_coef=0.5)
+    edited = numpy_response_loss(model, dev, steer_feature(params, cfg, assets.FIVE, 0.5))
+    np.testing.assert_allclose(result.values_c[0], edited, rtol=1e-5)
+
+
+def test_min_delta_filters(setup):
+    result = validate(setup, min_delta=1e6)
+    assert not result.kept_c.any()
+    assert result.kept_ids.tolist() == []
+
+
+def test_bad_feature_id(setup):
+    with pytest.raises(ValueError, match="feature ids must be in 0..15"):
+        validate(setup, candidates=[assets.D_SAE])
+
+
+def test_accuracy_metric(setup):
+    model, params, cfg, _ = setup
+    rows = [
+        {"id": f"q{i}", "prompt": f"what is {w} plus {w}", "response": "#### 5"}
+        for i, w in enumerate(["one", "two", "three"])
+    ]
+    dev = assets.encode_rows(model.tokenizer, rows)
+    decode = model.tokenizer.decode
+    result = causal_validate(
+        model.graphdef,
+        model.state,
+        params,
+        cfg,
+        [assets.FIVE, assets.YES_UP],
+        dev,
+        hook_name=assets.HOOK,
+        mode="steer",
+        steer_coef=1.0,
+        metric="accuracy",
+        references=[r["response"] for r in rows],
+        decode=decode,
+        max_new_tokens=3,
+        tokens_per_call=64,
+        bucket_multiple=4,
+    )
+
+    def accuracy(intervention):
+        hits = 0
+        for e, row in zip(dev, rows, strict=True):
+            prompt = e.input_ids[: e.num_prompt_tokens][None]
+            out = generate(
+                model.graphdef,
+                model.state,
+                prompt,
+                max_new_tokens=3,
+                interventions={assets.HOOK: intervention} if intervention else None,
+            )
+            hits += exact_match(decode(out.tokens[0, : out.lengths[0]]), row["response"])
+        return hits / len(rows)
+
+    assert result.base_value == accuracy(None)
+    five = accuracy(steer_feature(params, cfg, assets.FIVE, 1.0))
+    assert five == 1.0  # steering along U[5] makes every answer "5"
+    assert result.values_c.tolist() == [
+        five,
+        accuracy(steer_feature(params, cfg, assets.YES_UP, 1.0)),
+    ]
+    assert result.kept_c[0]
