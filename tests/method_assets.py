@@ -231,12 +231,29 @@ def encode_rows(tokenizer, rows: list[dict], max_tokens: int = 64, **split_kwarg
     return examples
 
 
-def captured_hook(model, example, hook: str = HOOK) -> np.ndarray:
-    """Activation ``[T, d_model]`` at ``hook`` for one unpadded example (full forward)."""
+def run_single(model, ids: np.ndarray, hook: str = HOOK, intervention=None, length: int = 32):
+    """Forward one unpadded sequence, right-padded to ``length`` so every call shares one
+    compiled shape; return ``(logits [T, V], activation at hook [T, d_model])`` in float64."""
     from models.transformer import forward
 
-    _, captured = forward(model.graphdef, model.state, example.input_ids[None], capture=[hook])
-    return np.asarray(captured[hook][0], np.float64)
+    n = len(ids)
+    assert n <= length, f"sequence of {n} tokens; raise length"
+    tokens = np.zeros((1, length), np.int32)
+    tokens[0, :n] = ids
+    mask = (np.arange(length) < n).astype(np.int32)[None]
+    interventions = {hook: intervention} if intervention is not None else None
+    logits, captured = forward(
+        model.graphdef, model.state, tokens, mask, capture=[hook], interventions=interventions
+    )
+    return (
+        np.asarray(logits[0, :n], np.float64),
+        np.asarray(captured[hook][0, :n], np.float64),
+    )
+
+
+def captured_hook(model, example, hook: str = HOOK) -> np.ndarray:
+    """Activation ``[T, d_model]`` at ``hook`` for one example."""
+    return run_single(model, example.input_ids, hook)[1]
 
 
 def np_log_softmax(logits_tv: np.ndarray) -> np.ndarray:

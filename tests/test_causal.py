@@ -7,7 +7,6 @@ import pytest
 
 from igds_jax.causal import causal_validate
 from models.generate import generate
-from models.transformer import forward
 from sae import amplify_feature, steer_feature
 from tests import method_assets as assets
 from train.metrics import exact_match
@@ -37,11 +36,8 @@ def numpy_response_loss(model, examples, intervention=None):
     """Mean response-token cross-entropy, one unpadded example at a time."""
     total, count = 0.0, 0
     for e in examples:
-        interventions = {assets.HOOK: intervention} if intervention else None
-        logits, _ = forward(
-            model.graphdef, model.state, e.input_ids[None], interventions=interventions
-        )
-        logp = assets.np_log_softmax(logits[0])
+        logits, _ = assets.run_single(model, e.input_ids, intervention=intervention)
+        logp = assets.np_log_softmax(logits)
         for t in np.flatnonzero(e.response_mask):
             total -= logp[t - 1, e.input_ids[t]]
             count += 1
