@@ -1,10 +1,9 @@
 """Per-batch score functions in the scoring engine's ``score_fn(params, batch)`` form.
 
-:func:`frs_score_fn` computes the Feature Resonance Score of each row: the model runs only
-up to the SAE's hook (``stop_at_layer``), the SAE encodes only the chosen features
-(``sae.encode_subset``), and the activations are summed over features, then aggregated over
-the counted tokens (every real token except a leading BOS, or the response tokens only)
-with ``sum``, ``mean`` or ``max``. A row with no counted token scores 0.
+:func:`frs_score_fn` wraps ``igds_jax.frs.frs_batch`` (the Feature Resonance Score of each
+row: the model runs only up to the SAE's hook, the SAE encodes only the chosen features,
+and the summed activations are aggregated over the counted tokens). Counted tokens are
+every real token except a leading BOS (``tokens="all"``) or the response tokens only.
 
 ``params`` is ``{"model": state, "sae": SAEParams, "features": int32 [m]}``, so one compiled
 function serves any feature set of the same size.
@@ -17,20 +16,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from igds_jax.frs import AGGREGATES, frs_batch
 from igds_jax.scoring_engine import ScoreFn
 from igds_jax.sharding import replicate
 from models.hooks import parse_hook_name
-from models.transformer import forward
-from sae import SAEConfig, SAEParams, encode_subset
+from sae import SAEConfig, SAEParams
 
 logger = logging.getLogger(__name__)
 
-AGGREGATES = ("sum", "mean", "max")
 TOKEN_SETS = ("all", "response")
 
 
@@ -53,31 +50,25 @@ def frs_score_fn(
         raise ValueError(f"aggregate={aggregate!r}; expected one of {AGGREGATES}")
     if tokens not in TOKEN_SETS:
         raise ValueError(f"tokens={tokens!r}; expected one of {TOKEN_SETS}")
-    layer, _ = parse_hook_name(hook, n_layers)
-    stop = 0 if layer is None else layer + 1
+    parse_hook_name(hook, n_layers)
 
     def score(params: Mapping[str, Any], batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        _, captured = forward(
+        score_mask_bt = batch["token_mask_bt"].astype(bool)
+        if tokens == "response":
+            score_mask_bt &= batch["response_mask_bt"].astype(bool)
+        frs_b = frs_batch(
             graphdef,
             params["model"],
+            params["sae"],
             batch["tokens_bt"],
             batch["attention_mask_bt"],
-            capture=(hook,),
-            stop_at_layer=stop,
+            score_mask_bt,
+            params["features"],
+            sae_cfg=sae_cfg,
+            hook_name=hook,
+            aggregate=aggregate,
         )
-        acts_btm = encode_subset(params["sae"], sae_cfg, captured[hook], params["features"])
-        per_token_bt = acts_btm.astype(jnp.float32).sum(-1)
-        counted_bt = batch["token_mask_bt"].astype(bool)
-        if tokens == "response":
-            counted_bt &= batch["response_mask_bt"].astype(bool)
-        if aggregate == "max":
-            value_b = jnp.where(counted_bt, per_token_bt, -jnp.inf).max(-1)
-            value_b = jnp.where(counted_bt.any(-1), value_b, 0.0)
-        else:
-            value_b = jnp.where(counted_bt, per_token_bt, 0.0).sum(-1)
-            if aggregate == "mean":
-                value_b = value_b / jnp.maximum(counted_bt.sum(-1), 1)
-        return {"frs": value_b}
+        return {"frs": frs_b}
 
     return score
 
