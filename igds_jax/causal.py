@@ -113,12 +113,16 @@ def _response_loss_sums(
     return jnp.sum(jnp.where(response_mask_bt, loss_bt, 0.0), axis=1)
 
 
-def _groups(num_entries: int, group_size: int) -> list[np.ndarray]:
-    """Cut entry indices into groups of exactly ``group_size``, padding the last with 0."""
+def entry_groups(num_entries: int, group_size: int) -> list[tuple[np.ndarray, int]]:
+    """Cut entry indices into groups of exactly ``group_size`` for fixed-shape calls.
+
+    Returns ``(indices, num_valid)`` pairs; the last group is padded by repeating entry 0,
+    and only its first ``num_valid`` slots are results.
+    """
     groups = []
     for start in range(0, num_entries, group_size):
         chunk = np.arange(start, min(start + group_size, num_entries))
-        groups.append(np.pad(chunk, (0, group_size - len(chunk))))
+        groups.append((np.pad(chunk, (0, group_size - len(chunk))), len(chunk)))
     return groups
 
 
@@ -144,11 +148,13 @@ def candidate_losses(
 ) -> tuple[float, np.ndarray, int]:
     """Return ``(base_loss, losses_c, num_tokens)``: mean response-token cross-entropy on
     the dev set without an edit and with each feature edited by ``value``."""
+    # entries: the unedited base run first, then one per candidate
     ids = np.asarray(feature_ids, np.int64)
-    entry_ids = np.concatenate([[0], ids])  # entry 0: the unedited base run
+    entry_ids = np.concatenate([[0], ids])
     entry_values = np.concatenate([[IDENTITY[mode]], np.full(len(ids), value)])
     intervention = feature_intervention(sae_cfg, mode)
-    # pad_rows=False: a bucket's last batch keeps its real row count instead of padding
+
+    # dev batches; pad_rows=False: a bucket's last batch keeps its real row count instead of padding
     # rows, which would otherwise be repeated once per candidate.
     batches = make_batches(
         dev_examples,
@@ -158,12 +164,14 @@ def candidate_losses(
         pad_id=pad_id,
         pad_rows=False,
     )
-    plan = [(b, _groups(len(entry_ids), _group_size(b, tokens_per_call))) for b in batches]
+    plan = [(b, entry_groups(len(entry_ids), _group_size(b, tokens_per_call))) for b in batches]
+
+    # one call per (dev batch, group of entries), rows laid out entry-major
     sums = np.zeros(len(entry_ids), np.float64)
     with tqdm(total=sum(len(g) for _, g in plan), desc="causal", unit="call", leave=False) as bar:
         for batch, groups in plan:
             rows = batch.tokens_bt.shape[0]
-            for group in groups:
+            for group, num_valid in groups:
                 edit = feature_edit(
                     sae, np.repeat(entry_ids[group], rows), np.repeat(entry_values[group], rows)
                 )
@@ -179,10 +187,9 @@ def candidate_losses(
                     hook_name=hook_name,
                 )
                 per_entry = np.asarray(row_sums, np.float64).reshape(len(group), rows).sum(1)
-                # padded group slots repeat entry 0; count each entry once
-                _, first = np.unique(group, return_index=True)
-                np.add.at(sums, group[first], per_entry[first])
+                sums[group[:num_valid]] += per_entry[:num_valid]
                 bar.update(1)
+
     num_tokens = int(sum(int(e.response_mask.sum()) for e in dev_examples))
     if num_tokens == 0:
         raise ValueError("the dev examples have no response tokens to score")
@@ -220,7 +227,7 @@ def causal_validate(
     """Measure every candidate's effect on the dev metric and keep the helpful ones.
 
     ``metric="accuracy"`` needs ``references`` (one reference response per dev example)
-    and ``decode`` (token ids to text); the prompts are the tokens of each dev example
+    and ``decode`` (token ids to text). The prompts are the tokens of each dev example
     before its response.
     """
     value = edit_strength(mode, alpha, steer_coef)

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from igds_jax.causal import IDENTITY, feature_intervention
+from igds_jax.causal import IDENTITY, entry_groups, feature_intervention
 from igds_jax.method_batches import make_batches
 from igds_jax.tokenize import Batch, EncodedExample
 from models.generate import generate
@@ -60,7 +60,7 @@ def candidate_accuracies(
     """Return ``(base_accuracy, accuracies_c, num_generated_tokens)`` over the prompts.
 
     ``tokens_per_call`` bounds ``rows * (prompt length + max_new_tokens)`` per call, except
-    that a call always holds at least one prompt for every entry of its group.
+    that a call always contains at least one prompt for every entry of its group.
     """
     from train.metrics import exact_match
 
@@ -87,13 +87,11 @@ def candidate_accuracies(
     for batch in batches:
         rows, length = batch.tokens_bt.shape
         size = max(1, (tokens_per_call // (length + max_new_tokens)) // rows)
-        for start in range(0, len(entry_ids), size):
-            chunk = np.arange(start, min(start + size, len(entry_ids)))
-            plan.append((batch, np.pad(chunk, (0, size - len(chunk)))))
+        plan.extend((batch, group) for group in entry_groups(len(entry_ids), size))
 
     hits = np.zeros(len(entry_ids), np.int64)
     generated = 0
-    for batch, group in tqdm(plan, desc="causal (generate)", unit="call", leave=False):
+    for batch, (group, num_valid) in tqdm(plan, desc="causal (generate)", unit="call", leave=False):
         rows = batch.tokens_bt.shape[0]
         edit = feature_edit(
             sae, np.repeat(entry_ids[group], rows), np.repeat(entry_values[group], rows)
@@ -108,8 +106,7 @@ def candidate_accuracies(
             interventions={hook_name: intervention},
             intervention_params={hook_name: edit},
         )
-        _, first = np.unique(group, return_index=True)
-        for g in first:
+        for g in range(num_valid):
             for r in range(rows):
                 row = g * rows + r
                 answer = decode(out.tokens[row, : out.lengths[row]])

@@ -6,12 +6,13 @@ whose activations are outliers), either all of them (prompt and response) or the
 tokens only.
 
 With a reference corpus, a feature's recall score is its task rate minus its reference
-rate (the contrast), so features that fire everywhere (punctuation, "the") drop out;
-without one, the score is the task rate.
+rate (the contrast), so features that fire everywhere (punctuation, "the") drop out.
+Without one, the score is the task rate.
 
-Candidates are the features with a positive task rate, ranked by score (descending, ties
-by feature id): the top ``num_candidates``, or, when ``min_rate`` is given, every feature
-whose score is above ``min_rate``.
+Candidates are the features with a positive score (they fire on the task, and more often
+than on the reference when there is one), ranked by score (descending, ties by feature
+id): the top ``num_candidates``, or, when ``min_rate`` is given, every feature whose score
+is above ``min_rate``.
 """
 
 from __future__ import annotations
@@ -134,13 +135,12 @@ def rank_features(scores_f: np.ndarray, eligible_f: np.ndarray) -> np.ndarray:
 
 def select_candidates(
     scores_f: np.ndarray,
-    rates_f: np.ndarray,
     *,
     num_candidates: int = 32,
     min_rate: float | None = None,
 ) -> np.ndarray:
     """Return candidate feature ids, best first (rule in the module docstring)."""
-    ranked = rank_features(scores_f, rates_f > 0)
+    ranked = rank_features(scores_f, scores_f > 0)
     if min_rate is not None:
         return ranked[scores_f[ranked] > min_rate]
     return ranked[:num_candidates]
@@ -193,9 +193,7 @@ def frequency_recall(
         ref_rates_f = ref_counts_f / ref_tokens
         scores_f = rates_f - ref_rates_f
 
-    candidates = select_candidates(
-        scores_f, rates_f, num_candidates=num_candidates, min_rate=min_rate
-    )
+    candidates = select_candidates(scores_f, num_candidates=num_candidates, min_rate=min_rate)
     logger.info(
         "recall: %d of %d features fire on %d task tokens; %d candidates",
         int((counts_f > 0).sum()),

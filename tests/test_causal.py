@@ -7,7 +7,7 @@ import pytest
 
 from igds_jax.causal import causal_validate
 from models.generate import generate
-from sae import amplify_feature, steer_feature
+from sae import feature_edit, make_feature_intervention
 from tests import method_assets as assets
 from train.metrics import exact_match
 
@@ -32,11 +32,21 @@ def validate(setup, candidates=CANDIDATES, **kwargs):
     )
 
 
+AMPLIFY = make_feature_intervention(assets.planted_sae()[2], "amplify")
+STEER = make_feature_intervention(assets.planted_sae()[2], "steer")
+
+
+def single_edit(fn, params, feature, value):
+    """The edit of one feature on a one-row batch, a plain two-argument intervention."""
+    edit = feature_edit(params, feature, value)
+    return lambda h, mask: fn(h, mask, edit)
+
+
 def numpy_response_loss(model, examples, intervention=None):
     """Mean response-token cross-entropy, one unpadded example at a time."""
     total, count = 0.0, 0
     for e in examples:
-        logits, _ = assets.run_single(model, e.input_ids, intervention=intervention)
+        logits, _ = assets.run_single(model, e.input_ids, intervention=intervention, length=16)
         logp = assets.np_log_softmax(logits)
         for t in np.flatnonzero(e.response_mask):
             total -= logp[t - 1, e.input_ids[t]]
@@ -44,44 +54,48 @@ def numpy_response_loss(model, examples, intervention=None):
     return total / count
 
 
-def test_keeps_helpful_drops_harmful(setup):
-    result = validate(setup)
-    assert result.feature_ids.tolist() == CANDIDATES
-    assert result.deltas_c[0] > 1.0  # YES_UP lowers the loss
-    assert result.deltas_c[1] < -1.0  # YES_DOWN raises it
-    assert result.kept_c[0]
-    assert not result.kept_c[1]
+@pytest.fixture(scope="module")
+def grouped(setup):
+    # Dev lengths 9..12 share the 12-token bucket, so 216 tokens per call fit 18 rows,
+    # which is 3 entries of 6 rows. The 4 entries (base + 3) take two calls, the second
+    # one padded.
+    return validate(setup, tokens_per_call=12 * 18)
 
 
-def test_deltas_match_per_feature_runs(setup):
-    model, params, cfg, dev = setup
-    # 4 entries (base + 3) in groups of 3 rows: two calls per batch, the second padded
-    result = validate(setup, tokens_per_call=3 * 16 * 6)
+def test_keeps_helpful_drops_harmful(grouped):
+    assert grouped.feature_ids.tolist() == CANDIDATES
+    assert grouped.deltas_c[0] > 1.0  # YES_UP lowers the loss
+    assert grouped.deltas_c[1] < -1.0  # YES_DOWN raises it
+    assert grouped.kept_c[0]
+    assert not grouped.kept_c[1]
+
+
+def test_deltas_match_per_feature_runs(setup, grouped):
+    model, params, _, dev = setup
     base = numpy_response_loss(model, dev)
-    np.testing.assert_allclose(result.base_value, base, rtol=1e-5)
+    np.testing.assert_allclose(grouped.base_value, base, rtol=1e-5)
     for c, fid in enumerate(CANDIDATES):
-        edited = numpy_response_loss(model, dev, amplify_feature(params, cfg, fid, 4.0))
-        np.testing.assert_allclose(result.values_c[c], edited, rtol=1e-5)
-        np.testing.assert_allclose(result.deltas_c[c], base - edited, rtol=1e-5, atol=1e-6)
-    assert result.num_scored_tokens == sum(int(e.response_mask.sum()) for e in dev)
+        edited = numpy_response_loss(model, dev, single_edit(AMPLIFY, params, fid, 4.0))
+        np.testing.assert_allclose(grouped.values_c[c], edited, rtol=1e-5)
+        np.testing.assert_allclose(grouped.deltas_c[c], base - edited, rtol=1e-5, atol=1e-6)
+    assert grouped.num_scored_tokens == sum(int(e.response_mask.sum()) for e in dev)
 
 
-def test_call_size_does_not_change_results(setup):
-    one_per_call = validate(setup, tokens_per_call=16)
-    all_in_one = validate(setup, tokens_per_call=1 << 16)
-    np.testing.assert_allclose(one_per_call.values_c, all_in_one.values_c, rtol=1e-5)
-    np.testing.assert_allclose(one_per_call.base_value, all_in_one.base_value, rtol=1e-5)
+def test_call_size_does_not_change_results(setup, grouped):
+    one_per_call = validate(setup, tokens_per_call=12)
+    np.testing.assert_allclose(one_per_call.values_c, grouped.values_c, rtol=1e-5)
+    np.testing.assert_allclose(one_per_call.base_value, grouped.base_value, rtol=1e-5)
 
 
-def test_steer_mode_matches_closure(setup):
-    model, params, cfg, dev = setup
+def test_steer_mode_matches_single_runs(setup):
+    model, params, _, dev = setup
     result = validate(setup, candidates=[assets.FIVE], mode="steer", steer_coef=0.5)
-    edited = numpy_response_loss(model, dev, steer_feature(params, cfg, assets.FIVE, 0.5))
+    edited = numpy_response_loss(model, dev, single_edit(STEER, params, assets.FIVE, 0.5))
     np.testing.assert_allclose(result.values_c[0], edited, rtol=1e-5)
 
 
 def test_min_delta_filters(setup):
-    result = validate(setup, min_delta=1e6)
+    result = validate(setup, min_delta=1e6, tokens_per_call=12 * 18)
     assert not result.kept_c.any()
     assert result.kept_ids.tolist() == []
 
@@ -113,11 +127,14 @@ def test_accuracy_metric(setup):
         references=[r["response"] for r in rows],
         decode=decode,
         max_new_tokens=3,
-        tokens_per_call=64,
+        # Prompts of 6 tokens pad to 8, plus 3 new tokens, so 66 tokens per call fit 6 rows,
+        # which is 2 entries of 3 prompts. The 3 entries (base + 2) take two calls.
+        tokens_per_call=66,
         bucket_multiple=4,
     )
 
-    def accuracy(intervention):
+    def accuracy(feature, coef):
+        intervention = single_edit(STEER, params, feature, coef)
         hits = 0
         for e, row in zip(dev, rows, strict=True):
             prompt = e.input_ids[: e.num_prompt_tokens][None]
@@ -126,16 +143,13 @@ def test_accuracy_metric(setup):
                 model.state,
                 prompt,
                 max_new_tokens=3,
-                interventions={assets.HOOK: intervention} if intervention else None,
+                interventions={assets.HOOK: intervention},
             )
             hits += exact_match(decode(out.tokens[0, : out.lengths[0]]), row["response"])
         return hits / len(rows)
 
-    assert result.base_value == accuracy(None)
-    five = accuracy(steer_feature(params, cfg, assets.FIVE, 1.0))
+    assert result.base_value == accuracy(assets.FIVE, 0.0)  # steering by 0: no edit
+    five = accuracy(assets.FIVE, 1.0)
     assert five == 1.0  # steering along U[5] makes every answer "5"
-    assert result.values_c.tolist() == [
-        five,
-        accuracy(steer_feature(params, cfg, assets.YES_UP, 1.0)),
-    ]
+    assert result.values_c.tolist() == [five, accuracy(assets.YES_UP, 1.0)]
     assert result.kept_c[0]

@@ -82,7 +82,7 @@ def test_dead_features_never_candidates(setup):
 
 def test_contrast_drops_common_word(setup):
     model, arrays, _, _, task, reference = setup
-    result = recall(setup, reference_examples=reference, num_candidates=4)
+    result = recall(setup, reference_examples=reference, num_candidates=10)
     ref_rates, ref_tokens = numpy_rates(model, arrays, reference)
     task_rates, _ = numpy_rates(model, arrays, task)
     assert result.reference_num_tokens == ref_tokens
@@ -108,6 +108,11 @@ def test_response_only_tokens(setup):
 
 def test_min_rate_threshold():
     rates = np.array([0.5, 0.0, 0.2, 0.3, 0.2])
-    assert select_candidates(rates, rates, min_rate=0.2).tolist() == [0, 3]
-    assert select_candidates(rates, rates, min_rate=0.0).tolist() == [0, 3, 2, 4]
-    assert select_candidates(rates, rates, num_candidates=2).tolist() == [0, 3]
+    assert select_candidates(rates, min_rate=0.2).tolist() == [0, 3]
+    assert select_candidates(rates, min_rate=0.0).tolist() == [0, 3, 2, 4]
+    assert select_candidates(rates, num_candidates=2).tolist() == [0, 3]
+
+
+def test_negative_contrast_never_candidate():
+    scores = np.array([0.4, -0.1, 0.0, 0.2])
+    assert select_candidates(scores, num_candidates=10).tolist() == [0, 3]
