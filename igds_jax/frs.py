@@ -11,10 +11,11 @@ For example ``x`` with scored tokens ``t`` and validated features ``i``, let
 Scored tokens are the real tokens without a leading BOS (``tokens="all"``), or the
 response tokens only (``tokens="response"``).
 
-``frs_batch`` is the jitted per-batch kernel: it runs the model only up to the block that
+``frs_batch`` is the jitted per-batch kernel. It runs the model only up to the block that
 computes the hook (``stop_at_layer``) and encodes only the validated features
-(``sae.encode_subset``; a TopK SAE, whose features depend on each other, is encoded whole
-and the columns taken). ``frs_scores`` loops it over length buckets in memory.
+(``sae.encode_subset``). A TopK SAE, whose features depend on each other, is encoded
+whole and the columns taken. ``frs_scores`` loops the kernel over length buckets in
+memory.
 """
 
 from __future__ import annotations

@@ -4,12 +4,13 @@
   them (``igds_jax.baselines.loss``).
 - IFD: ``loss(response | prompt) / loss(response alone)`` (``igds_jax.baselines.ifd``).
 
-Response-alone rule: the response-alone sequence is ``[BOS] + response ids``, where the
-response ids are exactly the response tokens of the encoded example (after its
-truncation): the tokens the chat template renders for the assistant turn, or, without a
-template, the response text tokenized on its own plus EOS when ``append_eos``. Both losses
-therefore average over the same target tokens. Without a BOS token, the first response
-token has no context and is left out of the response-alone average.
+Response-alone rule: the response-alone sequence is ``[BOS] + response ids``. The
+response ids are exactly the response tokens of the encoded example, after its
+truncation. With a chat template they are the tokens the template renders for the
+assistant turn; without one, they are the response text tokenized on its own, plus EOS
+when ``append_eos``. Both losses therefore average over the same target tokens. Without a
+BOS token, the first response token has no context and is left out of the response-alone
+average.
 """
 
 from __future__ import annotations

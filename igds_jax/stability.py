@@ -10,7 +10,7 @@ comparison reports:
 - ``spearman_all``: the same over every feature that scores above 0 in either dataset.
 
 Spearman's rho here is the Pearson correlation of the ranks, with tied values given their
-average rank; it is NaN when fewer than two features are compared or when one side is
+average rank. It is NaN when fewer than two features are compared or when one side is
 constant.
 """
 
