@@ -42,12 +42,12 @@ class DataSection:
     dev: str | None = None  # held-out task examples for causal validation; None splits task
     pool: str = ""  # candidate pool that is scored and from which examples are selected
     reference: str | None = None  # reference corpus for contrastive recall; None: no contrast
-    prompt_field: str = "prompt"  # input field holding the prompt
-    response_field: str = "response"  # input field holding the response
-    id_field: str | None = "id"  # input field holding the example id; None generates ids
+    prompt_field: str = "prompt"  # input field that contains the prompt
+    response_field: str = "response"  # input field that contains the response
+    id_field: str | None = "id"  # input field that contains the example id; None generates ids
     auto_id: str = "content"  # ids for rows without one: content (text hash) | index
     format: str | None = None  # reader: json | jsonl | csv | parquet | hf; None: from suffix
-    max_chars: int | None = 100_000  # rows with a longer prompt or response (characters) skip
+    max_chars: int | None = 100_000  # skip rows whose prompt or response is longer (characters)
     strict: bool = False  # raise on the first bad row instead of skipping and counting it
     dev_fraction: float = 0.2  # share of task examples (or groups) held out as the dev set
     group_field: str | None = None  # rows sharing this field's value stay on one side of the split
