@@ -4,12 +4,15 @@ Layout written by ``igds_jax.pipeline`` (every path relative to ``run_dir``)::
 
     config.yaml               resolved config (file + --set overrides)
     run.log                   log of every command run in this directory (appended)
-    summary.json              counts, skip reasons, timings and throughput, one section per step
-    feature_rates.npz         firing rate of every SAE feature (task, reference, recall score)
-    features.jsonl / .csv     one row per candidate: id, frequency, score, delta, kept
+    summary.json              sections: data (rows loaded and skipped, by reason, per input),
+                              tokenized, identify, score, select, baselines.<name>,
+                              stability, timings_s and tokens_per_s (per step)
+    feature_rates.npz         per SAE feature: task_rates, recall_scores, reference_rates
+    features.jsonl / .csv     one row per candidate, columns FEATURE_COLUMNS
     scores.jsonl              FRS per pool example: id, score, num_tokens
     selection.jsonl/.parquet  the selected pool rows, best first, with score and rank
-    baselines/<name>/scores.jsonl, selection.jsonl/.parquet
+    baselines/<name>/         scores.jsonl (plus per-example losses for loss and ifd)
+                              and selection.jsonl/.parquet
     stability.json            feature-set comparison of two task datasets
     report.md, plots/*.png    the Markdown report and its figures
 """
