@@ -94,6 +94,9 @@ def firing_counts(
 
     ``tokens`` is "all" or "response" (see the module docstring). The model runs only up to
     the block that computes ``hook_name``.
+
+    NOTE: each batch materializes all ``[B, T, d_sae]`` activations (4 bytes each), so
+    lower ``tokens_per_batch`` for SAEs with many features.
     """
     stop = hook_stop_layer(hook_name, graphdef_config(graphdef, state).n_layers)
     batches = make_batches(
