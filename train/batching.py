@@ -126,9 +126,13 @@ class StepSchedule:
             (packed,) = pack_batches(
                 chosen, tokens_per_batch=rows * length, buckets=[length], pad_id=self.pad_id
             )
-            tokens[:], attention[:] = packed.tokens_bt, packed.attention_mask_bt
-            positions[:] = packed.positions_bt
-            weights[:] = packed.response_mask_bt & packed.attention_mask_bt.astype(bool)
+            # pack_batches sorts rows by length; put row r back at chosen[r], so row r of
+            # the batch is example idx[r] (empty rows, idx -1, come last).
+            n = len(chosen)
+            order = np.argsort(packed.example_idx_b[:n])
+            tokens[:n], attention[:n] = packed.tokens_bt[order], packed.attention_mask_bt[order]
+            positions[:n] = packed.positions_bt[order]
+            weights[:n] = packed.response_mask_bt[order] & attention[:n].astype(bool)
             weights[:, 0] = 0.0
         return {
             "tokens": tokens,

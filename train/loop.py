@@ -42,7 +42,7 @@ from train.export import export_hf, source_hf_config
 from train.lora import LoraSpec, init_lora, save_lora
 from train.mesh import batch_sharding, make_mesh, param_shardings, replicated
 from train.params import Params, count_params, flatten_state, unflatten_state
-from train.sft import learning_rate_schedule, make_optimizer, make_step_functions
+from train.sft import cached_step_functions, learning_rate_schedule, optimizer_key
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,24 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _place_like(opt_state: Any, trainable: Any, mesh: Any) -> Any:
+    """Give optimizer-state subtrees shaped like ``trainable`` its shardings, and replicate
+    the rest (step counts). The train step returns arrays sharded this way, so the second
+    step reuses the first step's compiled code."""
+    structure = jax.tree.structure(trainable)
+    shardings = jax.tree.map(lambda x: x.sharding, trainable)
+
+    def is_param_tree(node: Any) -> bool:
+        return jax.tree.structure(node) == structure
+
+    def place(node: Any) -> Any:
+        if is_param_tree(node):
+            return _place(node, shardings)
+        return jax.device_put(node, replicated(mesh))
+
+    return jax.tree.map(place, opt_state, is_leaf=lambda n: is_param_tree(n) or hasattr(n, "shape"))
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -186,15 +204,14 @@ def run_finetune(
     else:
         trainable, frozen = params, {}
     lr_schedule = learning_rate_schedule(cfg.optim, total_steps)
-    tx = make_optimizer(cfg.optim, lr_schedule)
-    opt_state = jax.jit(tx.init)(trainable)
-    fns = make_step_functions(
-        graphdef,
-        template,
-        tx,
-        lora_scale=lora_spec.scale if lora_spec else None,
-        compute_dtype=resolve_dtype(loop.compute_dtype),
+    fns = cached_step_functions(
+        model.config,
+        loop.param_dtype,
+        optimizer_key(cfg.optim),
+        lora_spec.scale if lora_spec else None,
+        loop.compute_dtype,
     )
+    opt_state = _place_like(jax.jit(fns.tx.init)(trainable), trainable, mesh)
     n_trainable = sum(int(x.size) for x in jax.tree.leaves(trainable))
     logger.info("trainable parameters: %d of %d", n_trainable, count_params(params))
 
@@ -266,7 +283,10 @@ def run_finetune(
                 host_batch = schedule.batch(step)
                 real_tokens = int(host_batch["attention_mask"].sum())
                 batch = jax.tree.map(lambda x: jax.device_put(x, step_sharding), host_batch)
-                trainable, opt_state, stats = fns.train_step(trainable, opt_state, frozen, batch)
+                lr = jnp.float32(lr_schedule(step))
+                trainable, opt_state, stats = fns.train_step(
+                    trainable, opt_state, frozen, batch, lr
+                )
                 step += 1
                 tokens_seen += real_tokens
                 window.append({"stats": stats, "tokens": real_tokens})

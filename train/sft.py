@@ -18,6 +18,7 @@ Logits and the loss are always float32.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from models.config import ModelConfig
+from models.loading import abstract_model, resolve_dtype
 from models.transformer import forward, token_losses
 from train.config import OptimConfig
 from train.lora import Adapters, apply_lora
@@ -82,21 +85,20 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
-def make_optimizer(optim: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Gradient clipping (optional) followed by AdamW."""
+def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
+    """AdamW without its learning rate: optional clipping, Adam scaling, decoupled decay.
+
+    The train step multiplies the result by ``-lr``, which completes ``optax.adamw``
+    (``scale_by_adam``, ``add_decayed_weights``, ``scale_by_learning_rate``). Passing the
+    rate per step keeps the compiled step independent of the schedule, so runs that differ
+    only in length or schedule reuse one compilation.
+    """
     parts = []
     if optim.grad_clip_norm is not None:
         parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
-    parts.append(
-        optax.adamw(
-            schedule,
-            b1=optim.b1,
-            b2=optim.b2,
-            eps=optim.eps,
-            weight_decay=optim.weight_decay,
-            mask=decay_mask,
-        )
-    )
+    parts.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
+    if optim.weight_decay:
+        parts.append(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask))
     return optax.chain(*parts)
 
 
@@ -104,6 +106,7 @@ def make_optimizer(optim: OptimConfig, schedule: optax.Schedule) -> optax.Gradie
 class StepFunctions:
     """The jitted functions of one run, closed over its model structure."""
 
+    tx: optax.GradientTransformation
     train_step: Callable[..., tuple[Any, Any, dict[str, jax.Array]]]
     loss_sums: Callable[..., tuple[jax.Array, jax.Array]]
     full_params: Callable[..., Params]
@@ -122,8 +125,9 @@ def make_step_functions(
     ``trainable`` is the full flat params (``lora_scale=None``) or the adapters; ``frozen``
     is an empty dict or the base params. Only ``trainable`` gets gradients.
 
-    ``train_step(trainable, opt_state, frozen, batch)`` returns ``(trainable, opt_state,
-    stats)`` with ``stats = {loss, grad_norm, tokens}``; its first two arguments are donated.
+    ``train_step(trainable, opt_state, frozen, batch, lr)`` returns ``(trainable,
+    opt_state, stats)`` with ``stats = {loss, grad_norm, tokens}``; its first two arguments
+    are donated. ``grad_norm`` is the norm before clipping.
     """
 
     def full_params(trainable: Params | Adapters, frozen: Params) -> Params:
@@ -135,7 +139,7 @@ def make_step_functions(
         params = cast_params(full_params(trainable, frozen), compute_dtype)
         return response_loss_sum(graphdef, unflatten_state(template, params), batch)
 
-    def train_step(trainable, opt_state, frozen, batch_a):
+    def train_step(trainable, opt_state, frozen, batch_a, lr):
         n_tokens = jnp.sum(batch_a["loss_mask"])
         grad_fn = jax.value_and_grad(lambda t, b: micro_loss(t, frozen, b)[0])
 
@@ -149,8 +153,9 @@ def make_step_functions(
         (grad_sum, loss_sum), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0.0)), batch_a)
         denom = jnp.maximum(n_tokens, 1.0)
         grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grad_sum, trainable)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, opt_state, trainable)
+        updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
         trainable = optax.apply_updates(trainable, updates)
         stats = {"loss": loss_sum / denom, "grad_norm": grad_norm, "tokens": n_tokens}
         return trainable, opt_state, stats
@@ -159,7 +164,38 @@ def make_step_functions(
         return micro_loss(trainable, frozen, batch)
 
     return StepFunctions(
+        tx=tx,
         train_step=jax.jit(train_step, donate_argnums=(0, 1)),
         loss_sums=jax.jit(loss_sums),
         full_params=jax.jit(full_params),
     )
+
+
+@functools.lru_cache(maxsize=8)
+def cached_step_functions(
+    model_config: ModelConfig,
+    param_dtype: str,
+    optimizer_key: tuple[float | None, ...],
+    lora_scale: float | None,
+    compute_dtype: str,
+) -> StepFunctions:
+    """``make_step_functions`` for a model config, built once per process and settings.
+
+    ``optimizer_key`` is ``optimizer_key(optim)``. Runs that share these arguments (the
+    runs of ``igds compare``, a resumed run in the same process) reuse compiled steps.
+    """
+    graphdef, template = abstract_model(model_config, resolve_dtype(param_dtype))
+    b1, b2, eps, weight_decay, clip = optimizer_key
+    optim = OptimConfig(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, grad_clip_norm=clip)
+    return make_step_functions(
+        graphdef,
+        template,
+        make_optimizer(optim),
+        lora_scale=lora_scale,
+        compute_dtype=resolve_dtype(compute_dtype),
+    )
+
+
+def optimizer_key(optim: OptimConfig) -> tuple[float | None, ...]:
+    """The optimizer settings that the compiled step depends on (not the rate schedule)."""
+    return (optim.b1, optim.b2, optim.eps, optim.weight_decay, optim.grad_clip_norm)

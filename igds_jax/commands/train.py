@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a config field, e.g. --set optim.learning_rate=1e-4 (repeatable)",
+            help="override a config field, e.g. --set loop.max_steps=100 (repeatable)",
         )
         if name == "evaluate":
             p.add_argument(
