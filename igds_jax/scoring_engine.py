@@ -14,8 +14,9 @@ How a run works (:meth:`ScoringEngine.run`):
   (``igds_jax.shard_io``). Only one chunk is in memory at a time, so memory stays flat as
   the corpus grows.
 - Within a chunk, examples are bucketed by length into the fixed padded lengths of
-  :meth:`ScoringEngine.buckets`, and each bucket has a fixed row count, so the score
-  function compiles at most once per bucket however large the corpus is.
+  :meth:`ScoringEngine.buckets`. Full batches of a bucket have a fixed row count and the
+  last one takes a row count from a short fixed ladder (:meth:`ScoringEngine.row_ladder`),
+  so the number of compiled shapes is bounded by the settings, however large the corpus.
 - A rerun with the same output directory skips chunks whose shard is complete, so a run
   killed at any point (SIGKILL included) resumes without losing or repeating an example.
   Batches depend only on the chunk's contents and the settings, so the resumed shards are
@@ -116,35 +117,58 @@ class ScoringEngine:
         return bucket_lengths(c.max_tokens, scheme=c.bucket_scheme, multiple=c.bucket_multiple)
 
     def rows_for(self, length: int) -> int:
-        """Rows of every batch padded to ``length``: a multiple of the data shards."""
+        """Rows of a full batch padded to ``length``: a multiple of the data shards."""
         rows = max(1, self.config.tokens_per_batch // length)
         return -(-rows // self._data_shards) * self._data_shards
 
-    def batches(self, examples: Sequence[EncodedExample]) -> Iterator[Batch]:
-        """Fixed-shape batches covering ``examples`` once, bucket by bucket."""
+    def row_ladder(self, length: int) -> tuple[int, ...]:
+        """Row counts a batch of ``length`` may have, descending: the full count, then
+        halvings down to the data shard count. The last batch of a bucket takes the smallest
+        that fits, so it carries at most about twice the padding rows it needs."""
+        rows, shards = self.rows_for(length), self._data_shards
+        ladder = [rows]
+        while ladder[-1] > shards:
+            ladder.append(max(shards, -(-ladder[-1] // 2 // shards) * shards))
+        return tuple(dict.fromkeys(ladder))
+
+    def plan(self, lengths_n: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        """Batch layout for examples of ``lengths_n``: ``(padded length, rows, members)``
+        per batch, where ``members`` are positions into ``lengths_n`` sorted by (length,
+        position). Depends only on the lengths and the settings."""
         buckets = self.buckets()
-        lengths = np.asarray([e.length for e in examples])
-        if lengths.size and lengths.max() > buckets[-1]:
+        lengths_n = np.asarray(lengths_n, dtype=np.int64)
+        if lengths_n.size and lengths_n.max() > buckets[-1]:
             raise ValueError(
-                f"an example has {lengths.max()} tokens, over max_tokens={buckets[-1]}; "
+                f"an example has {lengths_n.max()} tokens, over max_tokens={buckets[-1]}; "
                 f"truncate examples to ScoringConfig.max_tokens when encoding"
             )
-        bucket_of = np.searchsorted(np.asarray(buckets), lengths)
+        order = np.lexsort((np.arange(lengths_n.size), lengths_n))
+        bucket_of = np.searchsorted(np.asarray(buckets), lengths_n[order])
+        layout = []
         for b, length in enumerate(buckets):
-            members = np.flatnonzero(bucket_of == b)
-            if members.size == 0:
-                continue
-            group = [examples[i] for i in members]
-            for batch in pack_batches(
-                group,
-                tokens_per_batch=self.rows_for(length) * length,
+            members = order[bucket_of == b]
+            ladder = self.row_ladder(length)
+            start = 0
+            while start < members.size:
+                left = members.size - start
+                rows = ladder[0] if left >= ladder[0] else min(r for r in ladder if r >= left)
+                layout.append((length, rows, members[start : start + rows]))
+                start += rows
+        return layout
+
+    def batches(self, examples: Sequence[EncodedExample]) -> Iterator[Batch]:
+        """Batches covering ``examples`` once, in the shapes of :meth:`plan`."""
+        for length, rows, members in self.plan(np.asarray([e.length for e in examples])):
+            (batch,) = pack_batches(
+                [examples[i] for i in members],
+                tokens_per_batch=rows * length,
                 buckets=[length],
                 padding_side=self.config.padding_side,
                 pad_id=self.config.pad_id,
-            ):
-                keep = batch.example_idx_b >= 0
-                idx = np.where(keep, members[np.maximum(batch.example_idx_b, 0)], -1)
-                yield dataclasses.replace(batch, example_idx_b=idx)
+            )
+            keep = batch.example_idx_b >= 0
+            idx = np.where(keep, members[np.maximum(batch.example_idx_b, 0)], -1)
+            yield dataclasses.replace(batch, example_idx_b=idx)
 
     def score_examples(self, examples: Sequence[EncodedExample]) -> dict[str, np.ndarray]:
         """Score examples in memory; returns ``{name: [n] float32}`` in input order."""
@@ -244,7 +268,7 @@ class ScoringEngine:
             "chunk_size": c.chunk_size,
             "buckets": list(self.buckets()),
             # batch shapes decide which rows share a call, so float rounding can depend on them
-            "rows_per_bucket": [self.rows_for(b) for b in self.buckets()],
+            "rows_per_bucket": [list(self.row_ladder(b)) for b in self.buckets()],
             "padding_side": c.padding_side,
         }
 
@@ -264,22 +288,12 @@ class ScoringEngine:
         )
         shard_io.write_chunk(shard_dir, process_id, chunk, data, len(members))
         real = sum(e.length for e in examples)
-        padded = sum(b * self.rows_for(b) for b in self._shapes_used(examples))
+        plan = self.plan(np.asarray([e.length for e in examples]))
+        padded = sum(length * rows for length, rows, _ in plan)
         summary.chunks_scored += 1
         summary.num_scored += len(members)
         summary.real_tokens += real
         summary.padded_tokens += padded
-
-    def _shapes_used(self, examples: Sequence[EncodedExample]) -> list[int]:
-        """Padded length of every batch ``batches(examples)`` makes, without building them."""
-        buckets = np.asarray(self.buckets())
-        counts = np.bincount(
-            np.searchsorted(buckets, [e.length for e in examples]), minlength=len(buckets)
-        )
-        shapes = []
-        for length, count in zip(buckets.tolist(), counts.tolist(), strict=True):
-            shapes += [length] * -(-count // self.rows_for(length))
-        return shapes
 
 
 class _CountingStream:

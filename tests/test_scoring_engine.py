@@ -76,22 +76,39 @@ def test_frs_matches_torch_reference(setup):
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_compiles_once_per_bucket(setup):
+def test_compiled_shapes_bounded_by_settings(setup):
     inner = setup[2]
-    traced_lengths = []
+    traced_shapes = []
 
     def counting(params, batch):
-        traced_lengths.append(batch["tokens_bt"].shape[1])  # runs once per trace
+        traced_shapes.append(batch["tokens_bt"].shape)  # runs once per trace
         return inner(params, batch)
 
     engine = make_engine(setup, score_fn=counting)
     examples = encoded_pool(setup)
     engine.score_examples(examples[:20])
     engine.score_examples(examples)
-    engine.score_examples(examples * 4)
-    assert len(traced_lengths) == len(set(traced_lengths))
-    assert set(traced_lengths) <= set(engine.buckets())
-    assert len(set(traced_lengths)) > 1, "the pool must span several buckets"
+    engine.score_examples(examples * 16)
+    allowed = {(rows, b) for b in engine.buckets() for rows in engine.row_ladder(b)}
+    assert len(traced_shapes) == len(set(traced_shapes)), "a shape compiled twice"
+    assert set(traced_shapes) <= allowed
+    assert len({length for _, length in traced_shapes}) > 1, "the pool must span buckets"
+
+
+def test_tail_batches_use_row_ladder(setup):
+    engine = make_engine(setup)
+    assert engine.row_ladder(16) == (16, 8, 4, 2, 1)
+    assert engine.row_ladder(48) == (5, 3, 2, 1)
+    lengths = np.asarray([40] * 12 + [10] * 3)
+    plan = engine.plan(lengths)
+    assert [(length, rows, len(m)) for length, rows, m in plan] == [
+        (16, 4, 3),
+        (48, 5, 5),
+        (48, 5, 5),
+        (48, 2, 2),
+    ]
+    members = np.concatenate([m for _, _, m in plan])
+    assert sorted(members.tolist()) == list(range(15))
 
 
 def test_scores_independent_of_batching(setup):

@@ -116,7 +116,7 @@ try:
     uneven = "accepted"
 except ValueError as err:
     uneven = str(err)
-rows_per_bucket = [engine.rows_for(b) for b in engine.buckets()]
+rows_per_bucket = [r for b in engine.buckets() for r in engine.row_ladder(b)]
 result = {"devices": jax.device_count(), "mesh": dict(mesh.shape), "scores": scores.tolist()}
 result.update(layout=layout, uneven=uneven, rows_per_bucket=rows_per_bucket)
 json.dump(result, open(out, "w"))
