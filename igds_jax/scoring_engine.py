@@ -2,7 +2,7 @@
 
 The score function has the signature ``score_fn(params, batch) -> {name: scores_b}``:
 ``params`` is any pytree of arrays already placed on the mesh (see ``igds_jax.sharding``),
-``batch`` holds the arrays named in :data:`BATCH_FIELDS`, each ``[B, T]``, and each output
+``batch`` contains the arrays named in :data:`BATCH_FIELDS`, each ``[B, T]``, and each output
 is a float array ``[B]`` with one score per row. Padding rows have all-zero masks and their
 scores are dropped.
 
@@ -75,7 +75,7 @@ class ScoringConfig:
 
 @dataclass
 class RunSummary:
-    """What one call of :meth:`ScoringEngine.run` did in this process."""
+    """Counts and wall time of one call of :meth:`ScoringEngine.run` in this process."""
 
     num_corpus_examples: int = 0  # examples of every process seen in the stream
     num_scored: int = 0  # this process's examples scored in this call
@@ -212,7 +212,7 @@ class ScoringEngine:
         ``items`` is the whole corpus stream ``(index, id, item)`` with indices ``0, 1, ...``
         in order; examples with ``index % num_processes == process_id`` are this process's.
         ``manifest`` describes everything the scores depend on (model, SAE, features,
-        corpus); it is stored with the run, and a resume with a different manifest raises
+        corpus). It is stored with the run, and a resume with a different manifest raises
         ValueError. Finished chunks are skipped without encoding their items.
         """
         start = time.perf_counter()

@@ -4,7 +4,7 @@ Layout of an output directory::
 
     manifest.json                      settings every process and every resume must share
     shards/p00000-c0000000.jsonl       rows of chunk 0 of process 0, sorted by index
-    shards/p00000-c0000000.done        marker: row count, index range, SHA-256 of the shard
+    shards/p00000-c0000000.done        marker: row count, byte size, SHA-256 of the shard
     shards/p00000.done                 marker: process 0 finished all of its chunks
     scores.jsonl                       merged rows of every process, sorted by index
 
@@ -39,7 +39,7 @@ _TEMP_TAG = ".tmp-"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` holds either the old or the new bytes."""
+    """Write ``data`` to ``path`` so that ``path`` contains either the old or the new bytes."""
     path = Path(path)
     temp = path.with_name(f"{path.name}{_TEMP_TAG}{os.getpid()}")
     with open(temp, "wb") as f:

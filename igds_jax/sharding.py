@@ -2,7 +2,7 @@
 
 Mesh axes:
 
-- ``data``: batch rows are split over it. Every device on one ``data`` slice holds the same
+- ``data``: batch rows are split over it. Every device on one ``data`` slice gets the same
   rows.
 - ``model``: large weight matrices are split over it, Megatron style. Column-parallel
   kernels (``q_proj``, ``k_proj``, ``v_proj``, ``gate_proj``, ``up_proj``, stored ``[in,
@@ -102,7 +102,7 @@ def param_partition_spec(
     """Partition spec of the parameter at ``path`` (e.g. ``layers.3.mlp.up_proj.kernel``).
 
     With ``config``, attention projections are split only when their head count divides by
-    ``model_size``, so no head straddles two devices; without it only the axis size must
+    ``model_size``, so no head straddles two devices. Without it, only the axis size must
     divide.
     """
     if model_size == 1:
@@ -140,7 +140,7 @@ def param_sharding(
 
 
 def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Place a host array that every process holds in full onto ``sharding``.
+    """Place a host array, which every process has in full, onto ``sharding``.
 
     Works for meshes that span several processes, where ``jax.device_put`` of a NumPy
     array would need every device to be addressable.
@@ -155,7 +155,7 @@ def make_placer(
     """Return ``place(path, array)`` for ``models.loading.load_model(place=...)``.
 
     Each parameter goes straight from the checkpoint reader to its shards, so no device
-    ever holds a full copy of a split matrix.
+    ever stores a full copy of a split matrix.
     """
 
     def place(path: str, array: np.ndarray) -> jax.Array:
@@ -182,7 +182,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def shardings_of(tree: Any) -> Any:
-    """The sharding of every array leaf, as a tree for ``jax.jit(in_shardings=...)``."""
+    """Return the sharding of every array leaf, as a tree for ``jax.jit(in_shardings=...)``."""
     return jax.tree.map(lambda leaf: leaf.sharding, tree)
 
 
@@ -205,9 +205,9 @@ def _local_data_slices(mesh: Mesh) -> int:
 def put_batch(mesh: Mesh, arrays: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """Put host batch arrays ``{name: [B, ...]}`` on ``mesh`` with rows split over ``data``.
 
-    On a mesh of local devices ``B`` is the whole batch; on a mesh spanning processes it is
-    this process's rows, and the global batch stacks the rows of every process in process
-    order. Raises ValueError when the rows do not split evenly.
+    On a mesh of local devices, ``B`` is the whole batch. On a mesh spanning processes, it
+    is this process's rows, and the global batch stacks the rows of every process in
+    process order. Raises ValueError when the rows do not split evenly.
     """
     spans = _spans_processes(mesh)
     local_parts = _local_data_slices(mesh) if spans else data_axis_size(mesh)

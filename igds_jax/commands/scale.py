@@ -37,8 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "list or an object with a 'features' list",
     )
     p.add_argument("--hook", default=None, help="hook point; default: the SAE's hook_name")
-    p.add_argument("--aggregate", default="sum", choices=["sum", "mean", "max"], help="over tokens")
-    p.add_argument("--tokens", default="all", choices=["all", "response"], help="tokens that count")
+    p.add_argument(
+        "--aggregate",
+        default="sum",
+        choices=["sum", "mean", "max"],
+        help="how per-token values combine into one score",
+    )
+    p.add_argument(
+        "--tokens",
+        default="all",
+        choices=["all", "response"],
+        help="tokens scored: all (without a leading BOS) or response",
+    )
     p.add_argument("--pool", required=True, help="pool file (jsonl, json, csv, parquet)")
     p.add_argument("--prompt-field", default="prompt", help="field holding the prompt")
     p.add_argument("--response-field", default="response", help="field holding the response")
@@ -50,7 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="wrap examples in the tokenizer's chat template (auto: when it has one)",
     )
     p.add_argument("--out", required=True, help="output directory of the run")
-    p.add_argument("--max-tokens", type=int, default=1024, help="truncate examples to this")
+    p.add_argument(
+        "--max-tokens", type=int, default=1024, help="truncate examples to this many tokens"
+    )
     p.add_argument("--chunk-size", type=int, default=2048, help="examples per shard file")
     p.add_argument(
         "--tokens-per-batch", type=int, default=16384, help="padded tokens per compiled call"
