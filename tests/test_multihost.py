@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -160,3 +161,57 @@ def test_two_processes_match_one(tmp_path):
     chosen_multi = select_top(multi_ids, multi_scores, fraction=0.5).indices
     chosen_single = select_top(single_ids, single_scores, fraction=0.5).indices
     np.testing.assert_array_equal(chosen_multi, chosen_single)
+
+
+GLOBAL_MESH = """
+import json, sys
+import jax, numpy as np
+from igds_jax import distributed
+from igds_jax.sharding import local_rows, make_mesh, put_batch, replicate, sharded_jit
+
+process_id, coordinator, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+info = distributed.initialize(coordinator, 2, process_id)
+mesh = make_mesh((2, 2))  # spans both processes: 2 local devices each
+params = replicate({"w": np.arange(1, 5, dtype=np.float32)}, mesh)
+rows = np.arange(8, dtype=np.float32).reshape(2, 4) + 100 * process_id  # this process's rows
+fn = sharded_jit(lambda p, b: b["x"] @ p["w"], mesh, params, {"x": 2})
+result = local_rows(fn(params, put_batch(mesh, {"x": rows})))
+counts = distributed.allgather_int([process_id + 1, 10])
+distributed.barrier("done")
+result = {"rows": result.tolist(), "counts": counts.tolist()}
+result["info"] = [info.process_id, info.num_processes]
+json.dump(result, open(out, "w"))
+distributed.shutdown()
+"""
+
+
+@pytest.mark.multiprocess
+def test_global_mesh_across_processes(tmp_path):
+    coordinator = f"127.0.0.1:{free_port()}"
+    env = sa.subprocess_env(num_cpu_devices=2)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", GLOBAL_MESH, str(p), coordinator, str(tmp_path / f"{p}.json")],
+            env=env,
+            cwd=sa.REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for p in range(2)
+    ]
+    try:
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=180)
+            assert proc.returncode == 0, stderr[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    weights = np.arange(1, 5, dtype=np.float32)
+    for process_id in range(2):
+        result = json.loads((tmp_path / f"{process_id}.json").read_text())
+        rows = np.arange(8, dtype=np.float32).reshape(2, 4) + 100 * process_id
+        assert result["info"] == [process_id, 2]
+        np.testing.assert_allclose(result["rows"], rows @ weights)
+        assert result["counts"] == [[1, 10], [2, 10]]
