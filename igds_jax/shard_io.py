@@ -170,10 +170,11 @@ def _index_of(line: bytes) -> int:
 def merge_shards(out_dir: Path, destination: Path | None = None) -> int:
     """Merge every process's shards into one file sorted by example index.
 
-    Streams through the shards (memory does not grow with the corpus) and checks that the
-    indices are exactly ``0 .. N-1``, each once, where ``N`` is the number of valid records
-    the processes counted. Returns ``N``. Raises ValueError when a process has not finished
-    or the shards do not cover the corpus exactly.
+    Streams through the shards (memory does not grow with the corpus) and checks that every
+    shard matches its marker and that the indices are exactly ``0 .. N-1``, each once, where
+    ``N`` is the number of valid records the processes counted. Returns ``N``. Raises
+    ValueError when a process has not finished or the shards do not cover the corpus
+    exactly.
     """
     out_dir = Path(out_dir)
     manifest_path = out_dir / MANIFEST
@@ -191,6 +192,12 @@ def merge_shards(out_dir: Path, destination: Path | None = None) -> int:
                 f"{process_marker(shard_dir, process_id).name}); run it again to complete "
                 f"its shards, then merge"
             )
+        for chunk in range(marker["num_chunks"]):
+            if not chunk_done(shard_dir, process_id, chunk):
+                raise ValueError(
+                    f"shard {shard_stem(process_id, chunk)} in {shard_dir} is missing or does not "
+                    f"match its marker; run process {process_id} again to rescore it, then merge"
+                )
         markers.append(marker)
     totals = {m["num_corpus_examples"] for m in markers}
     if len(totals) != 1:

@@ -188,11 +188,23 @@ def test_resume_with_other_settings_raises(setup, tmp_path):
         run_to(setup, tmp_path / "run", config=other)
 
 
-def test_merge_detects_missing_shard(setup, tmp_path):
+def test_merge_detects_damaged_shard(setup, tmp_path):
     out = tmp_path / "run"
     run_to(setup, out)
     (out / shard_io.SHARD_DIR / f"{shard_io.shard_stem(0, 2)}.jsonl").write_bytes(b"")
-    with pytest.raises(ValueError, match="example index 32 is missing"):
+    with pytest.raises(ValueError, match="p00000-c0000002 .* does not match its marker"):
+        shard_io.merge_shards(out)
+    assert not (out / shard_io.MERGED).exists()
+
+
+def test_merge_detects_missing_example(setup, tmp_path):
+    out = tmp_path / "run"
+    run_to(setup, out)
+    shard_dir = out / shard_io.SHARD_DIR
+    lines = (shard_dir / f"{shard_io.shard_stem(0, 2)}.jsonl").read_bytes().splitlines(True)
+    # a consistent shard and marker that lack one row, as a buggy writer could leave them
+    shard_io.write_chunk(shard_dir, 0, 2, b"".join(lines[:3] + lines[4:]), len(lines) - 1)
+    with pytest.raises(ValueError, match="example index 35 is missing"):
         shard_io.merge_shards(out)
     assert not (out / shard_io.MERGED).exists()
 
