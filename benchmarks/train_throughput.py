@@ -2,8 +2,8 @@
 
 Model: a small random Llama built with transformers (``--d-model``, ``--layers``, vocab
 ``--vocab``), saved as safetensors and loaded by both sides, so both start from the same
-weights. Batch: ``--batch`` rows of ``--seq-len`` random tokens, no padding; the first half
-of each row is the prompt and the loss covers the second half (the response), as in SFT.
+weights. Batch: ``--batch`` rows of ``--seq-len`` random tokens, no padding. As in SFT, the
+first half of each row is the prompt and the loss covers the second half (the response).
 
 Ours: ``train.sft.make_step_functions``' ``train_step`` (the step ``igds finetune`` runs):
 float32 forward and backward, response-token mean loss, global-norm clipping at 1.0 and

@@ -41,7 +41,8 @@ def test_compare_table(tmp_path):
     rows = {row["method"]: row for row in report["rows"]}
     assert list(rows) == ["base", "full", "first", "last"]
     assert [rows[m]["num_train"] for m in rows] == [0, 64, 32, 32]
-    assert "eval_loss" in report["metrics"] and "math_accuracy" in report["metrics"]
+    assert "eval_loss" in report["metrics"]
+    assert "math_accuracy" in report["metrics"]
     for method in ("base", "full", "first", "last"):
         sub = (
             out / method / "eval.json" if method == "base" else out / method / "eval" / "eval.json"

@@ -45,7 +45,8 @@ def test_stop_and_resume_matches_uninterrupted(root, tmp_path, extra):
     steps_seen = []
     second = run_finetune(cfg, callback=lambda step, stats: steps_seen.append(step))
     assert steps_seen == [4, 5, 6], "the resumed run must start at the step after the stop"
-    assert not second.interrupted and second.step == STEPS
+    assert not second.interrupted
+    assert second.step == STEPS
     _assert_same(second.params, reference.params)
 
 
@@ -64,7 +65,8 @@ def test_crash_resumes_from_last_checkpoint(root, tmp_path):
     assert steps_seen == [5, 6], "work after the step-4 checkpoint is redone"
     _assert_same(second.params, reference.params)
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run_info["steps"] == STEPS and run_info["steps_this_session"] == 2
+    assert run_info["steps"] == STEPS
+    assert run_info["steps_this_session"] == 2
 
 
 def test_resume_with_other_seed_is_rejected(root, tmp_path):

@@ -1,7 +1,7 @@
 """The order of training batches: length buckets, shuffled per epoch, resumable by step.
 
 Each example goes to the smallest bucket length (multiples of ``bucket_multiple`` up to
-``max_len``) that holds it. A bucket of length ``L`` gets ``rows = tokens_per_batch // L``
+``max_len``) that fits it. A bucket of length ``L`` gets ``rows = tokens_per_batch // L``
 rows per micro-batch, rounded up to a multiple of ``row_multiple`` (the 'data' axis size,
 so every device gets the same number of rows). One optimizer step takes
 ``accum_steps`` micro-batches from a single bucket, so a step has one shape ``[A, rows, L]``
@@ -62,6 +62,8 @@ class StepSchedule:
         self.accum_steps = accum_steps
         self.seed = seed
         self.pad_id = pad_id
+
+        # buckets and rows per micro-batch.
         longest = max(e.length for e in self.examples)
         self.buckets = bucket_lengths(max_len or longest, multiple=bucket_multiple)
         if longest > self.buckets[-1]:
@@ -73,10 +75,12 @@ class StepSchedule:
         slot = np.searchsorted(np.asarray(self.buckets), lengths)
         self.members = {length: np.flatnonzero(slot == i) for i, length in enumerate(self.buckets)}
         self.members = {k: v for k, v in self.members.items() if v.size}
+
         self.rows = {}
         for length in self.members:
             rows = max(1, tokens_per_batch // length)
             self.rows[length] = math.ceil(rows / row_multiple) * row_multiple
+
         self.steps_per_epoch = sum(
             math.ceil(len(m) / (self.rows[k] * accum_steps)) for k, m in self.members.items()
         )
@@ -126,8 +130,8 @@ class StepSchedule:
             (packed,) = pack_batches(
                 chosen, tokens_per_batch=rows * length, buckets=[length], pad_id=self.pad_id
             )
-            # pack_batches sorts rows by length; put row r back at chosen[r], so row r of
-            # the batch is example idx[r] (empty rows, idx -1, come last).
+            # pack_batches sorts rows by length. Putting them back in chosen order makes row
+            # r of the batch example idx[r], with empty rows (idx -1) last.
             n = len(chosen)
             order = np.argsort(packed.example_idx_b[:n])
             tokens[:n], attention[:n] = packed.tokens_bt[order], packed.attention_mask_bt[order]

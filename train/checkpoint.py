@@ -1,6 +1,6 @@
 """Orbax checkpoints of a fine-tuning run, resumable at the exact step and batch.
 
-A checkpoint at step ``s`` (after ``s`` optimizer updates) holds two items:
+A checkpoint at step ``s`` (after ``s`` optimizer updates) contains two items:
 
 - ``state``: the trainable tree (full params or LoRA adapters), the optimizer state and the
   run's PRNG key data, saved with ``StandardSave`` (each array keeps its sharding on

@@ -81,7 +81,7 @@ def _cell(value: Any, digits: int = 4) -> str:
 
 
 def render_markdown(metrics: list[str], table: list[dict[str, Any]], full_name: str) -> str:
-    """The results table in Markdown, with a caption naming the reference row."""
+    """Render the results table in Markdown, with a caption naming the reference row."""
     header = ["method", "examples"] + metrics + [f"{m} vs {full_name} (%)" for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:

@@ -26,7 +26,7 @@ DEFAULT_LORA_TARGETS = (
 
 @dataclass
 class DataConfig:
-    """Where the (prompt, response) records come from and how they become batches."""
+    """Sources of the (prompt, response) records and how they are batched."""
 
     train: str = ""  # training records (JSONL, JSON, CSV, Parquet or a saved dataset)
     eval: str | None = None  # held-out records for the mean response-token loss
@@ -83,9 +83,9 @@ class LoopConfig:
     save_every: int = 100  # steps between checkpoints (one is also saved at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     resume: bool = True  # continue from the newest checkpoint in out_dir when there is one
-    mesh_data: int = -1  # devices on the 'data' axis; -1 means all devices / mesh_model
+    mesh_data: int = -1  # 'data' axis size; -1: all devices / mesh_model, else the first ones
     mesh_model: int = 1  # devices on the 'model' axis
-    param_sharding: str = "replicated"  # replicated | model (shard matrices over 'model')
+    param_sharding: str = "replicated"  # replicated | model (igds_jax.sharding's split rules)
     progress: bool = True  # show a tqdm progress bar
 
 

@@ -66,7 +66,7 @@ def encode_prompts(
 
 
 def pad_id(tokenizer: Any, fallback: int | None) -> int:
-    """The tokenizer's pad id, else the model's, else 0 (padding is always masked)."""
+    """Return the tokenizer's pad id, else the model's, else 0 (padding is always masked)."""
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         return int(tokenizer.pad_token_id)
     return int(fallback or 0)

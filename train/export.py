@@ -2,10 +2,10 @@
 
 The tensors come from inverting the family's loading key table (``models/<family>.py``):
 each HF key maps to the parameter paths it fills and a transform. Identity and transpose
-invert directly. Any other transform is inverted by trying the candidates (the parameter
-as is, transposed, or several parameters concatenated on their last or first axis, which
-undoes GPT-2's fused ``c_attn`` split) and keeping the first one that the forward transform
-maps back to every parameter exactly. A key with no such candidate, and a parameter no key
+invert directly. Any other transform is inverted by trying candidates: the parameter as is,
+transposed, or several parameters concatenated on their last or first axis (which undoes
+GPT-2's fused ``c_attn`` split). The first candidate that the forward transform maps back
+to every parameter exactly is kept. A key with no such candidate, and a parameter no key
 covers, raise :class:`ExportError`.
 
 ``config.json`` is the source model's file when there is one (a model loaded from an HF
@@ -121,7 +121,7 @@ def hf_config_from_model(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def source_hf_config(source: str | Path | None) -> dict[str, Any] | None:
-    """The ``config.json`` dict of a model loaded from an HF directory, else None."""
+    """Return the ``config.json`` dict of a model loaded from an HF directory, else None."""
     if source is None:
         return None
     path = Path(source) / CONFIG_FILE

@@ -28,9 +28,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from igds_jax.config_io import save_resolved
+from igds_jax.sharding import make_mesh, param_sharding, put_batch
 from models.loading import LoadedModel, abstract_model, load_model, resolve_dtype
 from train import plots
 from train.batching import StepSchedule, eval_batches
@@ -40,7 +42,6 @@ from train.data import encode, pad_id, read_records
 from train.evaluate import evaluate_model
 from train.export import export_hf, source_hf_config
 from train.lora import LoraSpec, init_lora, save_lora
-from train.mesh import batch_sharding, make_mesh, param_shardings, replicated
 from train.params import Params, count_params, flatten_state, unflatten_state
 from train.sft import cached_step_functions, learning_rate_schedule, optimizer_key
 
@@ -51,7 +52,7 @@ StepCallback = Callable[[int, dict[str, float]], bool | None]
 
 @dataclass
 class FinetuneResult:
-    """What a run produced."""
+    """Outputs of a finished or interrupted run."""
 
     out_dir: Path
     step: int  # optimizer steps done
@@ -88,7 +89,11 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _place_like(opt_state: Any, trainable: Any, mesh: Any) -> Any:
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _place_like(opt_state: Any, trainable: Any, mesh: Mesh) -> Any:
     """Give optimizer-state subtrees shaped like ``trainable`` its shardings, and replicate
     the rest (step counts). The train step returns arrays sharded this way, so the second
     step reuses the first step's compiled code."""
@@ -101,7 +106,7 @@ def _place_like(opt_state: Any, trainable: Any, mesh: Any) -> Any:
     def place(node: Any) -> Any:
         if is_param_tree(node):
             return _place(node, shardings)
-        return jax.device_put(node, replicated(mesh))
+        return jax.device_put(node, _replicated(mesh))
 
     return jax.tree.map(place, opt_state, is_leaf=lambda n: is_param_tree(n) or hasattr(n, "shape"))
 
@@ -136,10 +141,13 @@ def run_finetune(
 
     # model and mesh.
     start = time.perf_counter()
-    mesh = make_mesh(loop.mesh_data, loop.mesh_model)
+    devices = jax.devices()
+    if loop.mesh_data != -1:
+        devices = devices[: loop.mesh_data * loop.mesh_model]
+    mesh = make_mesh((loop.mesh_data, loop.mesh_model), devices=devices)
     param_dtype = resolve_dtype(loop.param_dtype)
-    # A caller's model must survive the run, so its weights are copied before the train
-    # step donates them; a model loaded here is trained in place.
+    # The train step donates its inputs. A caller's model must survive the run, so its
+    # weights are copied first. A model loaded here is trained in place.
     keep_base = model is not None
     if model is None:
         model = load_model(cfg.model, dtype=param_dtype)
@@ -153,7 +161,11 @@ def run_finetune(
     if not keep_base:
         model.state = None  # its buffers are donated to the first train step
     shapes = {k: v.shape for k, v in params.items()}
-    params = _place(params, param_shardings(shapes, mesh, loop.param_sharding))
+    if loop.param_sharding == "model":
+        shardings = {k: param_sharding(mesh, k, shape, model.config) for k, shape in shapes.items()}
+    else:
+        shardings = {k: _replicated(mesh) for k in shapes}
+    params = _place(params, shardings)
     timings["load_s"] = time.perf_counter() - start
 
     # data.
@@ -199,7 +211,7 @@ def run_finetune(
             init_std=cfg.lora.init_std,
             dtype=param_dtype,
         )
-        trainable: Any = _place(adapters, jax.tree.map(lambda _: replicated(mesh), adapters))
+        trainable: Any = _place(adapters, jax.tree.map(lambda _: _replicated(mesh), adapters))
         frozen = params
     else:
         trainable, frozen = params, {}
@@ -262,14 +274,17 @@ def run_finetune(
             row_multiple=mesh.shape["data"],
             pad_id=pad,
         ):
-            batch = _place(batch, jax.tree.map(lambda _: batch_sharding(mesh), batch))
+            batch = put_batch(mesh, batch)
             loss_sum, n = fns.loss_sums(trainable, frozen, batch)
             total, count = total + float(loss_sum), count + float(n)
         return total / max(count, 1.0)
 
     # train.
     metrics_path = out_dir / "metrics.jsonl"
-    step_sharding = batch_sharding(mesh, batch_axis=1)
+    # step batches are [accum, rows, length]: rows go over 'data'.
+    # NOTE: one process only. jax.device_put of a host batch needs every mesh device to be
+    # addressable, so a mesh spanning processes fails here.
+    step_sharding = NamedSharding(mesh, PartitionSpec(None, "data"))
     window: list[dict[str, Any]] = []
     window_start = time.perf_counter()
     train_start, start_step = time.perf_counter(), step

@@ -1,6 +1,6 @@
 """LoRA adapters kept as a separate pytree and applied functionally.
 
-For each adapted linear layer with kernel ``W [in, out]`` the adapter holds ``A [in, r]``
+For each adapted linear layer with kernel ``W [in, out]`` the adapter contains ``A [in, r]``
 (normal init, std ``1 / sqrt(in)`` unless set) and ``B [r, out]`` (zeros), and the layer
 uses ``W_eff = W + (alpha / r) * A @ B``. Because ``B`` starts at zero, the adapted model
 equals the base model at step 0.
@@ -68,8 +68,8 @@ def target_paths(params: Mapping[str, Any], target_modules: Sequence[str]) -> li
             f"LoRA target modules {unknown} match no linear layer of this model; "
             f"available: {sorted(names)}"
         )
-    wanted = set(target_modules)
-    return sorted(p for p in kernels if p.split(".")[-2] in wanted)
+    targets = set(target_modules)
+    return sorted(p for p in kernels if p.split(".")[-2] in targets)
 
 
 def init_lora(

@@ -44,7 +44,7 @@ def response_loss_sum(
 ) -> tuple[jax.Array, jax.Array]:
     """Return (sum of response-token losses, number of response tokens) for one batch.
 
-    ``batch`` holds ``tokens``, ``attention_mask``, ``positions`` (int ``[B, T]``) and
+    ``batch`` contains ``tokens``, ``attention_mask``, ``positions`` (int ``[B, T]``) and
     ``loss_mask`` (float ``[B, T]``, 1 where the token is a response token to predict).
     """
     logits_btv, _ = forward(
@@ -197,5 +197,5 @@ def cached_step_functions(
 
 
 def optimizer_key(optim: OptimConfig) -> tuple[float | None, ...]:
-    """The optimizer settings that the compiled step depends on (not the rate schedule)."""
+    """Return the optimizer settings that the compiled step depends on (not the schedule)."""
     return (optim.b1, optim.b2, optim.eps, optim.weight_decay, optim.grad_clip_norm)

@@ -51,7 +51,7 @@ def arithmetic_records(n: int, seed: int = 0, start_id: int = 0) -> list[dict[st
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 256) -> Any:
-    """A byte-level BPE tokenizer trained on ``texts`` with a ChatML template.
+    """Train a byte-level BPE tokenizer on ``texts`` and give it a ChatML template.
 
     BOS is ``<s>``; EOS and end of turn are both ``<|im_end|>``, so generation stops at
     the end of the assistant turn.
@@ -77,7 +77,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 256) -> Any:
 
 
 def tiny_llama_config(vocab_size: int, tokenizer: Any = None, **overrides: Any) -> ModelConfig:
-    """A 2-layer Llama (d_model 64, 4 heads, 2 KV heads) for smoke tests."""
+    """Return the config of a 2-layer Llama (d_model 64, 4 heads, 2 KV heads) for tests."""
     fields: dict[str, Any] = {
         "family": "llama",
         "vocab_size": vocab_size,
