@@ -28,13 +28,11 @@ from models.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-# batch_texts pads each batch to a multiple of this many tokens
-PAD_BUCKET = 32
-
 
 def real_token_counts(tokenizer, texts: Sequence[str], seq_len: int, bos_token_id) -> list[int]:
-    """Activations each text yields: its tokens after truncation to ``seq_len``, minus a
-    leading BOS; 0 for texts of fewer than two tokens, which the activation stream skips."""
+    """Count the activations each text yields: its tokens after truncation to ``seq_len``
+    minus a leading BOS. Texts of fewer than two tokens count 0, because the activation
+    stream skips them."""
     counts = []
     for text in texts:
         ids = tokenizer(text, truncation=True, max_length=seq_len)["input_ids"]
@@ -60,7 +58,7 @@ def group_documents(lengths: Sequence[int], batch_size: int, seed: int) -> list[
 
 
 def fingerprint(texts: Sequence[str], **settings) -> str:
-    """SHA-256 over the texts and the settings that determine the activations."""
+    """Hash (SHA-256) the texts and the settings that determine the activations."""
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for text in texts:
         h.update(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
@@ -92,15 +90,15 @@ class ActivationSource:
         self.model, self.hook_name, self.seq_len, self.epochs = model, hook_name, seq_len, epochs
         bos = model.config.bos_token_id
         lengths = real_token_counts(model.tokenizer, texts, seq_len, bos)
-        kept = [i for i, n in enumerate(lengths) if n >= 1]
-        self.texts = [texts[i] for i in kept]
-        self.doc_tokens = [lengths[i] for i in kept]
+        nonempty = [i for i, n in enumerate(lengths) if n >= 1]
+        self.texts = [texts[i] for i in nonempty]
+        self.doc_tokens = [lengths[i] for i in nonempty]
         if not self.texts:
             raise ValueError("no training text has a token besides BOS; check the text source")
         self.groups = group_documents(self.doc_tokens, batch_size, seed)
         self.tokens_per_epoch = sum(self.doc_tokens)
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        # model work done by this object: tokens computed (not read from the cache), seconds
+        # Model work done by this object: tokens computed (not read from the cache) and seconds.
         self.forward_tokens = 0
         self.forward_s = 0.0
         if self.cache_dir is not None:

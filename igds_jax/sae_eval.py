@@ -49,12 +49,13 @@ def heldout_metrics(
     chunk: int = 2048,
     progress: bool = True,
 ) -> dict[str, float]:
-    """L0, FVU and the dead fraction of the SAE on ``[n, d_in]`` activation arrays."""
+    """Measure L0, FVU and the dead fraction of the SAE on ``[n, d_in]`` activation arrays."""
     n = 0
     err = active = 0.0
     sum_d = None
     sum_sq = 0.0
     fired_f = np.zeros(cfg.d_sae, bool)
+
     bar = tqdm(unit="tok", unit_scale=True, disable=not progress, desc="SAE eval")
     for array in acts:
         array = np.asarray(array, np.float32)
@@ -64,12 +65,14 @@ def heldout_metrics(
             err += float(e)
             active += float(a)
             fired_f |= np.asarray(fired)
+
             x64 = x_nd.astype(np.float64)
             sum_d = x64.sum(0) if sum_d is None else sum_d + x64.sum(0)
             sum_sq += float((x64**2).sum())
             n += len(x_nd)
             bar.update(len(x_nd))
     bar.close()
+
     if n == 0:
         raise ValueError("no held-out activations to evaluate the SAE on; add eval documents")
     total_var = sum_sq - float(sum_d @ sum_d) / n
@@ -104,9 +107,10 @@ def spliced_loss_metrics(
     keep_bos: bool = True,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Mean next-token loss on ``texts`` with and without the SAE spliced in at its hook.
+    """Measure the mean next-token loss on ``texts`` with and without the SAE spliced in.
 
-    ``keep_bos``: every text starts with BOS, and position 0 keeps its own activation.
+    Pass ``keep_bos`` when every text starts with BOS, so that position 0 keeps its own
+    activation.
     """
     splice = sae_splice_intervention(params, cfg)
     if keep_bos:

@@ -1,10 +1,10 @@
 """Train an SAE on a model's activations and evaluate it on held-out text.
 
-``train_sae_pipeline(config)`` does the whole job of ``igds sae train``: load the model,
-check the hook and its width, read the texts and hold some out, stream activations (with an
-optional disk cache) into ``sae.train.train_sae_from_config``, then measure L0, FVU, dead
-features and the spliced-in loss on the held-out documents and add them to the SAE
-directory's ``metrics.json`` (key ``eval``). The config is ``SAEPipelineConfig`` below; its
+``train_sae_pipeline(config)`` runs ``igds sae train``. It loads the model, checks the hook
+and its width, reads the texts and sets some aside, and streams activations (with an
+optional disk cache) into ``sae.train.train_sae``. Then it measures L0, FVU, dead features
+and the spliced-in loss on the held-out documents and adds them to the SAE directory's
+``metrics.json`` under the key ``eval``. The config is ``SAEPipelineConfig`` below; its
 ``train`` section goes to ``sae.train`` unchanged except for provenance fields filled in
 from the rest of the config.
 """
@@ -34,7 +34,7 @@ class ActivationsConfig:
     batch_size: int = 16  # documents per forward pass (grouped by length)
     exclude_bos: bool = True  # BOS activations are outliers and never train the SAE
     prepend_bos: bool = True  # put BOS before texts whose tokenization lacks it
-    epochs: int = 1  # passes over the training documents (more than 1 wants cache_dir)
+    epochs: int = 1  # passes over the training documents; above 1, set cache_dir too
     cache_dir: str | None = None  # keep activations on disk for later epochs and resumes
 
 
@@ -101,7 +101,8 @@ def model_name(cfg: SAEPipelineConfig) -> str:
 
 
 def train_settings(cfg: SAEPipelineConfig) -> dict[str, Any]:
-    """The ``train`` section with hook, context and provenance taken from the rest."""
+    """Return the ``train`` section with hook, context and provenance filled in from the
+    rest of the config."""
     train = dict(cfg.train)
     derived = {
         "hook_name": cfg.activations.hook_name,
@@ -133,8 +134,8 @@ def load_pipeline_model(cfg_model: str | None, dtype: str):
 
 
 def check_resume_width(checkpoint_dir: str | None, d_model: int) -> None:
-    """Refuse to resume a checkpoint whose SAE width differs from the model's, before any
-    activation is computed."""
+    """Raise ValueError when ``checkpoint_dir`` has a checkpoint of an SAE whose width is
+    not the model's, before any activation is computed."""
     if not checkpoint_dir or not Path(checkpoint_dir).exists():
         return
     from sae.checkpoint import TrainCheckpointer
@@ -149,13 +150,13 @@ def check_resume_width(checkpoint_dir: str | None, d_model: int) -> None:
         checkpointer.close()
     if d_in != d_model:
         raise ValueError(
-            f"{checkpoint_dir} holds an SAE with d_in={d_in} but the model's width is "
+            f"{checkpoint_dir} contains an SAE with d_in={d_in} but the model's width is "
             f"{d_model}; use a new train.checkpoint_dir for this model"
         )
 
 
 def evaluate(model, params, sae_cfg, heldout: list[str], cfg: SAEPipelineConfig, progress: bool):
-    """Held-out L0 / FVU / dead fraction and the spliced-in loss, with timings."""
+    """Measure held-out L0, FVU, dead fraction and the spliced-in loss, with timings."""
     from igds_jax.sae_activations import ActivationSource
     from igds_jax.sae_eval import heldout_metrics, spliced_loss_metrics
 
@@ -280,7 +281,7 @@ def evaluate_sae_dir(
     (default ``<sae_dir>/eval.json``).
 
     Text settings default to those the SAE was trained with (``pipeline_config`` in its
-    ``metrics.json``), so the held-out documents are the ones training left out;
+    ``metrics.json``), so the held-out documents are the ones training left out.
     ``overrides`` (``key=value``) change them.
     """
     from igds_jax.activations import hook_dim_check
@@ -313,7 +314,9 @@ def evaluate_sae_dir(
         "pipeline_config": to_dict(cfg),
         "wall_s": time.perf_counter() - wall_start,
     }
-    out = Path(out) if out else (sae_dir if sae_dir.is_dir() else sae_dir.parent) / "eval.json"
+    if out is None:
+        out = (sae_dir if sae_dir.is_dir() else sae_dir.parent) / "eval.json"
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float))
     logger.info("wrote %s", out)

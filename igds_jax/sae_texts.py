@@ -40,8 +40,8 @@ def with_bos(tokenizer, texts: Sequence[str], bos_token_id: int | None) -> list[
 
 
 def read_texts(spec: str, count: int | None, seed: int, tokenizer, record_format: str) -> list[str]:
-    """``count`` documents from ``spec``: "demo", a ``.txt`` file (one document per non-blank
-    line) or a records file / saved dataset (``igds_jax.data.load_records``)."""
+    """Read ``count`` documents from ``spec``, which is "demo", a ``.txt`` file (one document
+    per non-blank line) or a records file or saved dataset (``igds_jax.data.load_records``)."""
     if spec == "demo":
         from igds_jax.demo_data import sae_training_texts
 
@@ -84,7 +84,7 @@ def split_heldout(texts: list[str], n_heldout: int, seed: int) -> tuple[list[str
 
 
 def prepare_texts(cfg: SAEPipelineConfig, tokenizer, bos_token_id) -> tuple[list[str], list[str]]:
-    """(train, held-out) documents, with BOS put in front when configured."""
+    """Return (train, held-out) documents, with BOS put in front when configured."""
     count = None if cfg.docs is None else cfg.docs + cfg.eval.docs
     texts = read_texts(cfg.texts, count, cfg.seed, tokenizer, cfg.record_format)
     if cfg.activations.prepend_bos:

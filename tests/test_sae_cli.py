@@ -285,6 +285,15 @@ def test_width_mismatch_fails_before_forward(setup, tmp_path, monkeypatch, capsy
     assert "blocks.7" in capsys.readouterr().err
 
 
+def test_cache_of_other_hook_is_rejected(setup, trained, capsys):
+    config = write_config(setup, "full", cache=True)
+    override = "activations.hook_name=blocks.0.hook_resid_post"
+    assert cli.main(["sae", "train", config, "--set", override, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "activation cache" in err
+    assert "hook_name" in err
+
+
 def test_with_bos_prefixes_missing_bos():
     plain = word_tokenizer(add_bos=False)
     texts = ["the cat sat", "<s> one plus two"]
