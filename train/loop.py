@@ -200,6 +200,8 @@ def run_finetune(
     )
 
     # trainable tree and optimizer.
+    # NOTE: the train step is deterministic (no dropout), so after the LoRA init nothing
+    # draws from this key; it is checkpointed so a stochastic step could resume its stream.
     key = jax.random.key(cfg.seed)
     lora_spec = None
     if cfg.lora.enabled:
