@@ -73,6 +73,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return tuple(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    # YAML 1.1 reads exponent-only numbers such as 1e-4 as strings.
+    if isinstance(value, str) and (hint is float or float in typing.get_args(hint)):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
     if hint in (int, float, str, bool) and value is not None and not isinstance(value, hint):
         raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
