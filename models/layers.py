@@ -19,6 +19,10 @@ from flax import nnx
 
 from models.config import ModelConfig, RopeConfig
 
+# Queries per block of cache-free attention. In a CPU micro-benchmark (2 cores, 8 x 512
+# tokens, 9 heads) blocks of 64 and 128 ran equally fast and 256 was 30% slower.
+QUERY_BLOCK = 128
+
 
 class Linear(nnx.Module):
     def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, rngs: nnx.Rngs):
@@ -177,14 +181,36 @@ class Attention(nnx.Module):
             allowed_ts &= q_slot_t[:, None] - k_slot_s[None, :] < self.window
         allowed_bts = allowed_ts[None] & key_valid_bs[:, None, :].astype(bool)
 
+        # head-major layout, so both matmuls are plain batched matmuls over (B, K).
         g = self.n_heads // self.n_kv_heads
-        q_btkgh = q_btnh.reshape(b, t, self.n_kv_heads, g, self.head_dim)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh).astype(jnp.float32)
+        q_bkgth = q_btnh.reshape(b, t, self.n_kv_heads, g, self.head_dim).transpose(0, 2, 3, 1, 4)
+        k_bksh, v_bksh = k_bskh.transpose(0, 2, 1, 3), v_bskh.transpose(0, 2, 1, 3)
+        # without a cache, query block [start, stop) sees keys before stop only (causal), so
+        # the blocks skip about half of the score matrix of a long sequence.
+        if cache is None and isinstance(slot_start, int) and slot_start == 0:
+            spans = [(a, min(t, a + QUERY_BLOCK)) for a in range(0, t, QUERY_BLOCK)]
+            keys = [stop for _, stop in spans]
+        else:
+            spans, keys = [(0, t)], [s]
+        outs = [
+            self._attend(
+                q_bkgth[:, :, :, start:stop],
+                k_bksh[:, :, :n_keys],
+                v_bksh[:, :, :n_keys],
+                allowed_bts[:, start:stop, :n_keys],
+            )
+            for (start, stop), n_keys in zip(spans, keys, strict=True)
+        ]
+        out_bkgth = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+        out_btnh = out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, self.n_heads * self.head_dim)
+        out_btd = self.o_proj(out_btnh)
+        return out_btd, new_cache
+
+    def _attend(self, q_bkgth, k_bksh, v_bksh, allowed_bts):
+        scores = jnp.einsum("BKGTH,BKSH->BKGTS", q_bkgth, k_bksh).astype(jnp.float32)
         scores = scores * self.scale
         if self.softcap is not None:
             scores = self.softcap * jnp.tanh(scores / self.softcap)
         scores = jnp.where(allowed_bts[:, None, None], scores, -1e30)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
-        out_btkgh = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_bskh)
-        out_btd = self.o_proj(out_btkgh.reshape(b, t, self.n_heads * self.head_dim))
-        return out_btd, new_cache
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype)
+        return jnp.einsum("BKGTS,BKSH->BKGTH", probs, v_bksh)
