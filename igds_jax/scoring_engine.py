@@ -45,7 +45,14 @@ from igds_jax.tokenize import Batch, EncodedExample, bucket_lengths, pack_batche
 
 logger = logging.getLogger(__name__)
 
-BATCH_FIELDS = ("tokens_bt", "attention_mask_bt", "token_mask_bt", "response_mask_bt")
+# Batch arrays passed to the score function, with the dtypes igds_jax.tokenize gives them.
+BATCH_DTYPES = {
+    "tokens_bt": np.int32,
+    "attention_mask_bt": np.int32,
+    "token_mask_bt": np.bool_,
+    "response_mask_bt": np.bool_,
+}
+BATCH_FIELDS = tuple(BATCH_DTYPES)
 ScoreFn = Callable[[Any, Mapping[str, jax.Array]], Mapping[str, jax.Array]]
 
 
@@ -169,6 +176,17 @@ class ScoringEngine:
             keep = batch.example_idx_b >= 0
             idx = np.where(keep, members[np.maximum(batch.example_idx_b, 0)], -1)
             yield dataclasses.replace(batch, example_idx_b=idx)
+
+    def warm_up(self, lengths_n: np.ndarray) -> int:
+        """Compile every batch shape that examples of ``lengths_n`` need, by running one
+        all-padding batch per shape; returns the number of shapes."""
+        shapes = sorted({(rows, length) for length, rows, _ in self.plan(lengths_n)})
+        for rows, length in shapes:
+            zeros = {name: np.zeros((rows, length), dtype) for name, dtype in BATCH_DTYPES.items()}
+            zeros["tokens_bt"][:] = self.config.pad_id
+            outputs = self._jitted(self.params, put_batch(self.mesh, zeros))
+            jax.block_until_ready(outputs)
+        return len(shapes)
 
     def score_examples(self, examples: Sequence[EncodedExample]) -> dict[str, np.ndarray]:
         """Score examples in memory; returns ``{name: [n] float32}`` in input order."""

@@ -86,6 +86,10 @@ def test_compiled_shapes_bounded_by_settings(setup):
 
     engine = make_engine(setup, score_fn=counting)
     examples = encoded_pool(setup)
+    num_shapes = engine.warm_up(np.asarray([e.length for e in examples]))
+    assert len(traced_shapes) == num_shapes
+    engine.score_examples(examples)
+    assert len(traced_shapes) == num_shapes, "warm_up must compile every shape the pool needs"
     engine.score_examples(examples[:20])
     engine.score_examples(examples)
     engine.score_examples(examples * 16)
