@@ -81,6 +81,17 @@ def fetch_assets(cfg: DemoConfig) -> dict[str, str]:
     return {name: str(asset_files.asset_dir(name)) for name in names}
 
 
+def _link_model(link: Path, target: Path) -> None:
+    """Point ``<out_dir>/model.gguf`` at the cached model, for configs such as
+    ``configs/compare_math.yaml`` that fine-tune the model the demo used."""
+    try:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    except OSError as err:
+        logger.warning("could not link %s to %s: %s", link, target, err)
+
+
 def method_config(cfg: DemoConfig, files: dict[str, str], sae_path: Path, model_path: str):
     """The method section with the demo's run directory, model, SAE and data filled in."""
     method = cfg.method
@@ -94,9 +105,39 @@ def method_config(cfg: DemoConfig, files: dict[str, str], sae_path: Path, model_
     return method
 
 
+def run_method(run: Any) -> dict[str, Any]:
+    """Identify, score, select and run the baselines, as ``igds run`` does.
+
+    When no candidate passes causal validation, the FRS uses the candidate with the largest
+    delta, so the demo still selects; ``features.jsonl`` keeps the honest verdicts and the
+    returned ``fallback`` flag (also in the report) says that this happened.
+    """
+    from igds_jax import pipeline
+    from igds_jax.baseline_runs import run_baseline
+
+    found = pipeline.identify(run)
+    features = list(found.kept)
+    fallback = False
+    if not features and found.causal is not None and len(found.candidates):
+        best = int(np.argmax(found.causal.deltas_c))
+        features = [int(found.candidates[best])]
+        fallback = True
+        logger.warning(
+            "no candidate passed causal validation; scoring with feature %d, the largest "
+            "delta (%.4g)",
+            features[0],
+            float(found.causal.deltas_c[best]),
+        )
+    scores = pipeline.score(run, features)
+    pipeline.select(run, scores)
+    for name in run.cfg.baselines.names:
+        run_baseline(run, name)
+    return {"scored_features": features, "fallback_feature": fallback}
+
+
 def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run every demo stage into ``cfg.out_dir``; return the ``demo`` summary section."""
-    from igds_jax import pipeline, report, run_context
+    from igds_jax import report, run_context
 
     validate_demo(cfg)
     run_dir = Path(cfg.out_dir)
@@ -111,6 +152,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
         with stages("assets"):
             folders = fetch_assets(cfg)
             model_path = cfg.model or str(asset_files.smollm2_gguf_path())
+            if cfg.model is None:
+                _link_model(run_dir / "model.gguf", Path(model_path))
         with stages("data"):
             data_info = build_records(cfg, run_dir / "data")
         with stages("sae"):
@@ -121,7 +164,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
         method = method_config(cfg, data_info["files"], sae_path, model_path)
         run = run_context.start(method)
         with stages("method"):
-            pipeline.run_all(run)
+            scored = run_method(run)
+        run_files.update_summary(run_dir, "demo", scored)
         with stages("report"):
             report.write_report(run_dir)
             extra = demo_sections(cfg, run, data_info, sae_info)
@@ -139,7 +183,8 @@ def demo_sections(cfg: DemoConfig, run: Any, data_info: dict, sae_info: dict) ->
     task = cfg.data.task
     lines = _data_lines(data_info, sae_info)
 
-    features = [r for r in run_files.read_jsonl(run_dir / "features.jsonl") if r["kept"]]
+    scored = set(run_files.read_summary(run_dir)["demo"]["scored_features"])
+    features = [r for r in run_files.read_jsonl(run_dir / "features.jsonl") if r["id"] in scored]
     features.sort(key=lambda r: -(r["delta"] or 0.0))
     shown = features[: cfg.report.max_features]
     pool = run.dataset("pool")
@@ -169,7 +214,8 @@ def demo_sections(cfg: DemoConfig, run: Any, data_info: dict, sae_info: dict) ->
         run_dir / "feature_examples.jsonl",
         [{**r, "top_examples": json.dumps(r["top_examples"])} for r in described],
     )
-    lines += _feature_lines(described, len(features))
+    fallback = bool(run_files.read_summary(run_dir)["demo"]["fallback_feature"])
+    lines += _feature_lines(described, len(features), fallback)
 
     scores = {r["id"]: r["score"] for r in run_files.read_jsonl(run_dir / "scores.jsonl")}
     scores_n = np.asarray([scores[i] for i in pool.ids], np.float64)
@@ -204,7 +250,7 @@ def demo_sections(cfg: DemoConfig, run: Any, data_info: dict, sae_info: dict) ->
         run_dir,
         "demo",
         {
-            "kept_features": [r["id"] for r in features],
+            "kept_features": [] if fallback else [r["id"] for r in features],
             "task_share": {s["method"]: s["task_share"] for s in shares},
             "pool_task_share": pool_share,
             "frs_median_by_source": {k: v["median"] for k, v in by_source.items()},
@@ -241,13 +287,20 @@ def _data_lines(data_info: dict, sae_info: dict) -> list[str]:
     return lines
 
 
-def _feature_lines(described: list[dict], n_kept: int) -> list[str]:
+def _feature_lines(described: list[dict], n_scored: int, fallback: bool) -> list[str]:
+    if fallback:
+        verdict = (
+            "No candidate passed causal validation, so the FRS uses the candidate with the "
+            "largest delta (shown below)."
+        )
+    else:
+        verdict = f"{n_scored} features passed causal validation; the FRS sums them."
     lines = [
         "## Kept features and their top pool examples",
         "",
-        f"{n_kept} features passed causal validation; {len(described)} are shown, largest "
-        "delta first. Each snippet is the text around the token where the feature peaks "
-        "(in [[ ]]).",
+        f"{verdict} {len(described)} are shown, largest delta first. Each snippet is the "
+        "text around the token where the feature peaks (in [[ ]]), with the example's summed "
+        "activation in brackets.",
         "",
     ]
     for row in described:

@@ -198,3 +198,18 @@ def test_second_run_reuses_the_sae(runs):
     rates = np.load(first / "feature_rates.npz")["task_rates"]
     # the candidates are the features with the largest recall scores
     assert len(features) == 6 and rates.shape[0] == 64
+
+
+def test_no_validated_feature_falls_back(runs, tmp_path):
+    first, _, cache = runs
+    args = demo_args(Path(first.parent / "model"), cache, tmp_path / "run")
+    args[args.index("method.causal.min_delta=-1000.0")] = "method.causal.min_delta=1000.0"
+    assert main(args) == 0
+    rows = read_jsonl(tmp_path / "run" / "features.jsonl")
+    assert not any(r["kept"] for r in rows)
+    demo = json.loads((tmp_path / "run" / "summary.json").read_text())["demo"]
+    best = max(rows, key=lambda r: r["delta"])
+    assert demo["fallback_feature"] is True
+    assert demo["scored_features"] == [best["id"]]
+    assert demo["kept_features"] == []
+    assert "No candidate passed causal validation" in (tmp_path / "run" / "report.md").read_text()
