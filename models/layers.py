@@ -181,30 +181,48 @@ class Attention(nnx.Module):
             allowed_ts &= q_slot_t[:, None] - k_slot_s[None, :] < self.window
         allowed_bts = allowed_ts[None] & key_valid_bs[:, None, :].astype(bool)
 
-        # head-major layout, so both matmuls are plain batched matmuls over (B, K).
+        # without a cache, a long sequence goes through causal query blocks (see
+        # _blocked_causal); short ones and cached steps take the one-shot path.
+        if cache is None and isinstance(slot_start, int) and slot_start == 0 and t > QUERY_BLOCK:
+            out_btd = self.o_proj(self._blocked_causal(q_btnh, k_bskh, v_bskh, allowed_bts))
+            return out_btd, new_cache
+
+        g = self.n_heads // self.n_kv_heads
+        q_btkgh = q_btnh.reshape(b, t, self.n_kv_heads, g, self.head_dim)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q_btkgh, k_bskh).astype(jnp.float32)
+        scores = scores * self.scale
+        if self.softcap is not None:
+            scores = self.softcap * jnp.tanh(scores / self.softcap)
+        scores = jnp.where(allowed_bts[:, None, None], scores, -1e30)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
+        out_btkgh = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_bskh)
+        out_btd = self.o_proj(out_btkgh.reshape(b, t, self.n_heads * self.head_dim))
+        return out_btd, new_cache
+
+    def _blocked_causal(self, q_btnh, k_bskh, v_bskh, allowed_bts):
+        """Attention of a cache-free sequence in blocks of QUERY_BLOCK queries.
+
+        Query block [start, stop) attends to keys before stop only, so about half of the
+        causal score matrix is never computed. Operands are head-major, so both matmuls are
+        plain batched matmuls over (B, K). Returns ``[B, T, N * H]``.
+        """
+        b, t = q_btnh.shape[:2]
         g = self.n_heads // self.n_kv_heads
         q_bkgth = q_btnh.reshape(b, t, self.n_kv_heads, g, self.head_dim).transpose(0, 2, 3, 1, 4)
         k_bksh, v_bksh = k_bskh.transpose(0, 2, 1, 3), v_bskh.transpose(0, 2, 1, 3)
-        # without a cache, query block [start, stop) sees keys before stop only (causal), so
-        # the blocks skip about half of the score matrix of a long sequence.
-        if cache is None and isinstance(slot_start, int) and slot_start == 0:
-            spans = [(a, min(t, a + QUERY_BLOCK)) for a in range(0, t, QUERY_BLOCK)]
-            keys = [stop for _, stop in spans]
-        else:
-            spans, keys = [(0, t)], [s]
-        outs = [
-            self._attend(
-                q_bkgth[:, :, :, start:stop],
-                k_bksh[:, :, :n_keys],
-                v_bksh[:, :, :n_keys],
-                allowed_bts[:, start:stop, :n_keys],
+        outs = []
+        for start in range(0, t, QUERY_BLOCK):
+            stop = min(t, start + QUERY_BLOCK)
+            outs.append(
+                self._attend(
+                    q_bkgth[:, :, :, start:stop],
+                    k_bksh[:, :, :stop],
+                    v_bksh[:, :, :stop],
+                    allowed_bts[:, start:stop, :stop],
+                )
             )
-            for (start, stop), n_keys in zip(spans, keys, strict=True)
-        ]
-        out_bkgth = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
-        out_btnh = out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, self.n_heads * self.head_dim)
-        out_btd = self.o_proj(out_btnh)
-        return out_btd, new_cache
+        out_bkgth = jnp.concatenate(outs, axis=3)
+        return out_bkgth.transpose(0, 3, 1, 2, 4).reshape(b, t, self.n_heads * self.head_dim)
 
     def _attend(self, q_bkgth, k_bksh, v_bksh, allowed_bts):
         scores = jnp.einsum("BKGTH,BKSH->BKGTS", q_bkgth, k_bksh).astype(jnp.float32)
