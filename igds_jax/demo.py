@@ -190,15 +190,23 @@ def demo_sections(cfg: DemoConfig, run: Any, data_info: dict, sae_info: dict) ->
     pool = run.dataset("pool")
     examples = run.encoded("pool")
     data = run.cfg.data
-    with run.timed("report", "feature_peaks", sum(e.length for e in examples)):
-        peaks = demo_report.feature_peaks(
+    scores = {r["id"]: r["score"] for r in run_files.read_jsonl(run_dir / "scores.jsonl")}
+    scores_n = np.asarray([scores[i] for i in pool.ids], np.float64)
+    # Activations are >= 0 and the shown features are among the scored ones, so an example
+    # with FRS 0 activates none of them: only the others need the extra model pass.
+    active = np.flatnonzero(scores_n > 0)
+    with run.timed("report", "feature_peaks", sum(examples[i].length for i in active)):
+        peaks_active = demo_report.feature_peaks(
             run.assets(),
-            examples,
+            [examples[i] for i in active],
             [r["id"] for r in shown],
             tokens_per_batch=data.tokens_per_batch,
             max_tokens=data.max_tokens,
             bucket_multiple=data.bucket_multiple,
         )
+    peaks = tuple(np.zeros((len(examples), len(shown)), a.dtype) for a in peaks_active)
+    for full, part in zip(peaks, peaks_active, strict=True):
+        full[active] = part
     labels = [demo_report.source_label(dict(r.extra)) for r in pool.records]
     described = demo_report.feature_examples(
         pool.ids,
@@ -217,8 +225,6 @@ def demo_sections(cfg: DemoConfig, run: Any, data_info: dict, sae_info: dict) ->
     fallback = bool(run_files.read_summary(run_dir)["demo"]["fallback_feature"])
     lines += _feature_lines(described, len(features), fallback)
 
-    scores = {r["id"]: r["score"] for r in run_files.read_jsonl(run_dir / "scores.jsonl")}
-    scores_n = np.asarray([scores[i] for i in pool.ids], np.float64)
     demo_report.plot_scores_by_source(scores_n, labels, run_dir / "plots" / "scores_by_source.png")
     by_source = {}
     for label in sorted(set(labels)):
