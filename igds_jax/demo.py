@@ -300,12 +300,12 @@ def _feature_lines(described: list[dict], n_scored: int, fallback: bool) -> list
             "largest delta (shown below)."
         )
     else:
-        verdict = f"{n_scored} features passed causal validation; the FRS sums them."
+        verdict = f"Features that passed causal validation: {n_scored}. The FRS sums them."
     lines = [
         "## Kept features and their top pool examples",
         "",
-        f"{verdict} {len(described)} are shown, largest delta first. Each snippet is the "
-        "text around the token where the feature peaks (in [[ ]]), with the example's summed "
+        f"{verdict} Shown: {len(described)}, largest delta first. Each snippet is the text "
+        "around the token where the feature peaks (in [[ ]]), after the example's summed "
         "activation in brackets.",
         "",
     ]

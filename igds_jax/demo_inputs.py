@@ -53,8 +53,8 @@ def _first_variants(records: list[dict], count: int) -> list[dict]:
 
 def _math_task(cfg: DemoConfig) -> dict[str, list[dict]]:
     data = cfg.data
-    most = max(data.task_variants, data.dev_variants, data.test_variants)
-    splits = demo_data.gsm_splits(most, data.seed, data.fractions)
+    max_variants = max(data.task_variants, data.dev_variants, data.test_variants)
+    splits = demo_data.gsm_splits(max_variants, data.seed, data.fractions)
     return {
         "task": _first_variants(splits["source"], data.task_variants),
         "dev": _first_variants(splits["dev"], data.dev_variants),

@@ -166,9 +166,9 @@ def test_math_share_per_method(runs):
         assert f"| {method} | {half} |" in (first / "report.md").read_text()
 
 
-def test_feature_sums_add_up_to_frs(runs):
-    """FRS (sum aggregate) over the kept features equals the sum of the per-feature totals
-    of the report's own pass when every kept feature is shown."""
+def test_feature_sums_within_frs(runs):
+    """The report's own pass never gives a feature more activation than the example's FRS,
+    which sums every scored feature."""
     first, _, _ = runs
     kept = [r for r in read_jsonl(first / "features.jsonl") if r["kept"]]
     described = read_jsonl(first / "feature_examples.jsonl")
@@ -195,9 +195,11 @@ def test_second_run_reuses_the_sae(runs):
     for name in ("selection.jsonl", "baselines/loss/selection.jsonl"):
         assert read_jsonl(first / name) == read_jsonl(second / name)
     features = [r["id"] for r in read_jsonl(first / "features.jsonl")]
-    rates = np.load(first / "feature_rates.npz")["task_rates"]
+    recall_scores = np.load(first / "feature_rates.npz")["recall_scores"]
+    assert recall_scores.shape == (64,)
     # the candidates are the features with the largest recall scores
-    assert len(features) == 6 and rates.shape[0] == 64
+    assert len(features) == 6
+    assert min(recall_scores[features]) >= np.sort(recall_scores)[-6] - 1e-9
 
 
 def test_no_validated_feature_falls_back(runs, tmp_path):
