@@ -1,7 +1,7 @@
 """FRS scoring throughput on one accelerator in bfloat16, with the achieved fraction of peak.
 
-Prepared for one NVIDIA H200: it scores (a) fixed-length batches and (b) a pool of mixed
-short and long examples with the scoring engine, and prints tokens/s, the useful FLOP/s
+Prepared for one NVIDIA H200. It scores (a) fixed-length batches and (b) a pool of mixed
+short and long examples with the scoring engine. It prints tokens/s, the useful FLOP/s
 (``flops.scoring_flops``) and their fraction of two ceilings: the datasheet's dense bf16
 rate (``--peak-tflops``) and a bf16 matrix product measured on the device first.
 
@@ -150,17 +150,22 @@ def main() -> int:
             bucket_scheme=scheme,
         )
         engine = ScoringEngine(score_fn, params, ["frs"], mesh, config)
+
+        # random token ids of the requested lengths.
         ones = [np.ones(n, bool) for n in lengths]
         examples = [
             EncodedExample(rng.integers(0, cfg.vocab_size, n).astype(np.int32), m, m, 0, False)
             for n, m in zip(lengths, ones, strict=True)
         ]
+
+        # compile every shape, then time one pass.
         start = time.perf_counter()
         num_shapes = engine.warm_up(lengths)
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
         engine.score_examples(examples)
         seconds = time.perf_counter() - start
+
         tokens = int(lengths.sum())
         flops = scoring_flops(lengths, cfg, layer + 1, NUM_FEATURES)
         row = {

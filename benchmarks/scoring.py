@@ -1,7 +1,7 @@
 """FRS scoring throughput on CPU: our JAX scoring engine against a careful PyTorch reference.
 
 Model: SmolLM2-135M-Instruct (the packaged GGUF, dequantized to float32). SAE: a random
-JumpReLU SAE of width 4096 at ``blocks.15.hook_resid_post`` (the middle of 30 layers); the
+JumpReLU SAE of width 4096 at ``blocks.15.hook_resid_post`` (the middle of 30 layers). The
 score is the FRS over 16 features, so both sides run blocks 0..15 and encode 16 features.
 
 Reference: the HF model from transformers' own GGUF loader (float32, SDPA attention), its
@@ -234,13 +234,16 @@ def main() -> int:
         examples = encoded(ids_list)
         lengths = np.asarray([len(ids) for ids in ids_list])
         engine.warm_up(lengths)
+
         start = time.perf_counter()
         ours = engine.score_examples(examples)["frs"]
         ours_s = time.perf_counter() - start
+
         reference.score(ids_list[: args.rows], args.rows)  # warm-up
         start = time.perf_counter()
         ref = reference.score(ids_list, args.rows)
         ref_s = time.perf_counter() - start
+
         tokens = int(lengths.sum())
         row = {
             "examples": len(ids_list),

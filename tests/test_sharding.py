@@ -159,13 +159,17 @@ def test_params_split_over_model_axis(eight_device_run):
     assert result["devices"] == 8
     assert result["mesh"] == {"data": 4, "model": 2}
     q = layout["layers.1.self_attn.q_proj.kernel"]
-    assert q["spec"] == [None, "model"] and q["shard"] == [32, 16] and q["devices"] == 8
+    assert q["spec"] == [None, "model"]
+    assert q["shard"] == [32, 16]
+    assert q["devices"] == 8
     down = layout["layers.0.mlp.down_proj.kernel"]
-    assert down["spec"] == ["model", None] and down["shard"] == [32, 32]
+    assert down["spec"] == ["model", None]
+    assert down["shard"] == [32, 32]
     vocab = len(tiny_method.VOCAB)
     embed_shard = [vocab // 2, 32] if vocab % 2 == 0 else [vocab, 32]  # odd: replicated
     assert layout["embed_tokens.weight"]["shard"] == embed_shard
-    assert layout["norm.weight"]["spec"] == [] and layout["norm.weight"]["shard"] == [32]
+    assert layout["norm.weight"]["spec"] == []
+    assert layout["norm.weight"]["shard"] == [32]
 
 
 @pytest.mark.slow
