@@ -7,6 +7,10 @@ every real token except a leading BOS (``tokens="all"``) or the response tokens 
 
 ``params`` is ``{"model": state, "sae": SAEParams, "features": int32 [m]}``, so one compiled
 function serves any feature set of the same size.
+
+:func:`loss_score_fn` gives the Loss baseline's number: the mean cross-entropy of each row's
+response tokens under the model (``igds_jax.model_baselines.token_loss_batch``), NaN for a
+row without response tokens. Its ``params`` is ``{"model": state}``.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from igds_jax.frs import AGGREGATES, frs_batch
+from igds_jax.model_baselines import token_loss_batch
 from igds_jax.scoring_engine import ScoreFn
 from igds_jax.sharding import replicate
 from models.hooks import parse_hook_name
@@ -88,3 +94,20 @@ def frs_params(
     if bad.size:
         raise ValueError(f"feature ids {bad.tolist()} are outside 0..{d_sae - 1} of the SAE")
     return {"model": state, "sae": replicate(sae_params, mesh), "features": replicate(ids, mesh)}
+
+
+def loss_score_fn(graphdef: nnx.GraphDef) -> ScoreFn:
+    """Return ``score_fn(params, batch) -> {"loss": [B]}``: mean response-token loss."""
+
+    def score(params: Mapping[str, Any], batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        mask_bt = batch["attention_mask_bt"]
+        positions_bt = jnp.maximum(jnp.cumsum(mask_bt, axis=1) - 1, 0)
+        loss_bt = token_loss_batch(
+            graphdef, params["model"], batch["tokens_bt"], mask_bt, positions_bt
+        )
+        counted_bt = batch["response_mask_bt"].astype(bool)
+        count_b = counted_bt.sum(axis=1)
+        total_b = jnp.where(counted_bt, loss_bt, 0.0).sum(axis=1)
+        return {"loss": jnp.where(count_b > 0, total_b / jnp.maximum(count_b, 1), jnp.nan)}
+
+    return score

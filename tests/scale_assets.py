@@ -101,12 +101,29 @@ def torch_frs(model_dir: Path, examples, features=FEATURES) -> np.ndarray:
     return np.asarray(scores)
 
 
-def read_scores(path: Path) -> tuple[list[int], list[str], np.ndarray]:
+def torch_response_loss(model_dir: Path, examples) -> np.ndarray:
+    """Mean cross-entropy of each example's response tokens under the HF model (PyTorch)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    losses = []
+    for example in examples:
+        ids = torch.as_tensor(example.input_ids[None], dtype=torch.long)
+        with torch.no_grad():
+            logits = hf(ids).logits[0, :-1]
+        token_loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")
+        counted = torch.as_tensor(example.response_mask[1:])
+        losses.append(float(token_loss[counted].mean()))
+    return np.asarray(losses)
+
+
+def read_scores(path: Path, name: str = "frs") -> tuple[list[int], list[str], np.ndarray]:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
     return (
         [r["index"] for r in rows],
         [r["id"] for r in rows],
-        np.asarray([r["frs"] for r in rows]),
+        np.asarray([r[name] for r in rows]),
     )
 
 

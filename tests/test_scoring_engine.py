@@ -76,6 +76,21 @@ def test_frs_matches_torch_reference(setup):
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_loss_method_matches_torch_reference(setup, tmp_path):
+    from igds_jax.cli import main
+
+    model_dir, model, _, _, _, pool = setup
+    sae_dir = model_dir.parent / "sae"
+    out = tmp_path / "loss"
+    command = sa.cli_command(model_dir, sae_dir, pool, out)[4:] + ["--method", "loss"]
+    assert main(["score-shard", *command]) == 0
+    indices, ids, losses = sa.read_scores(out / shard_io.MERGED, "loss")
+    expected = sa.torch_response_loss(model_dir, encoded_pool(setup))
+    assert indices == list(range(90))
+    assert json.loads((out / shard_io.MANIFEST).read_text())["method"] == "loss"
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
 def test_compiled_shapes_bounded_by_settings(setup):
     inner = setup[2]
     traced_shapes = []

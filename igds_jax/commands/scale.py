@@ -1,4 +1,4 @@
-"""``igds score-shard`` and ``igds merge``: FRS scoring of a large pool, resumable, multi-host.
+"""``igds score-shard`` and ``igds merge``: scoring of a large pool, resumable, multi-host.
 
 ``score-shard`` scores this process's share of the pool into shard files under ``--out``
 and, unless ``--no-merge``, merges every process's shards into ``<out>/scores.jsonl`` once
@@ -22,17 +22,24 @@ logger = logging.getLogger(__name__)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score-shard",
-        help="score a pool with FRS into resumable shard files (one process of a run)",
+        help="score a pool with FRS or Loss into resumable shard files (one process of a run)",
         description="Score this process's share of a pool with the Feature Resonance Score "
-        "and write resumable shard files; with several processes, start one per host with "
-        "the same arguments and its own --process-id.",
+        "(or the Loss baseline) and write resumable shard files. With several processes, "
+        "start one per host with the same arguments and its own --process-id.",
+    )
+    p.add_argument(
+        "--method",
+        default="frs",
+        choices=["frs", "loss"],
+        help="frs: SAE feature score (needs --sae and --features); loss: mean response-token "
+        "loss under the model",
     )
     p.add_argument("--model", required=True, help="HF model directory or .gguf file")
     p.add_argument("--dtype", default="float32", help="model dtype: float32 | bfloat16")
-    p.add_argument("--sae", required=True, help="SAE directory (SAELens, Llama Scope) or .npz")
+    p.add_argument("--sae", default=None, help="SAE directory (SAELens, Llama Scope) or .npz")
     p.add_argument(
         "--features",
-        required=True,
+        default=None,
         help="feature ids to score with: comma-separated ('12,40,7') or a JSON file holding a "
         "list or an object with a 'features' list",
     )
@@ -135,33 +142,17 @@ def run_score_shard(args: argparse.Namespace) -> int:
     from igds_jax import shard_io
     from igds_jax.corpus_stream import corpus_fingerprint, stream_records
     from igds_jax.records import FieldNames
-    from igds_jax.score_fns import frs_params, frs_score_fn
     from igds_jax.scoring_engine import ScoringConfig, ScoringEngine
     from igds_jax.sharding import make_mesh, make_placer
     from igds_jax.tokenize import encode_example
     from models.loading import load_model
-    from sae import check_hook_dim, load_sae
 
     start = time.perf_counter()
-    features = parse_features(args.features)
     mesh = make_mesh(parse_mesh(args.mesh), devices=jax.local_devices())
     model = load_model(args.model, dtype=args.dtype, place=make_placer(mesh))
     if model.tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer; score-shard needs one to encode text")
-    sae_params, sae_cfg = load_sae(args.sae)
-    hook = args.hook or sae_cfg.hook_name
-    if not hook:
-        raise ValueError(f"{args.sae} names no hook point; pass --hook")
-    check_hook_dim(sae_cfg, model.config.d_model)
-    score_fn = frs_score_fn(
-        model.graphdef,
-        sae_cfg,
-        model.config.n_layers,
-        hook_name=hook,
-        aggregate=args.aggregate,
-        tokens=args.tokens,
-    )
-    params = frs_params(model.state, sae_params, features, mesh)
+    score_fn, params, manifest = build_scorer(args, model, mesh)
     tokenizer = model.tokenizer
     config = ScoringConfig(
         chunk_size=args.chunk_size,
@@ -171,7 +162,7 @@ def run_score_shard(args: argparse.Namespace) -> int:
         bucket_scheme=args.bucket_scheme,
         pad_id=_pad_id(tokenizer, model.config.pad_token_id),
     )
-    engine = ScoringEngine(score_fn, params, ["frs"], mesh, config)
+    engine = ScoringEngine(score_fn, params, [args.method], mesh, config)
     use_template = {"auto": None, "on": True, "off": False}[args.chat_template]
 
     def encode(record):
@@ -184,20 +175,12 @@ def run_score_shard(args: argparse.Namespace) -> int:
         )
 
     fields = FieldNames(args.prompt_field, args.response_field, args.id_field or None)
-    manifest = {
-        "method": "frs",
-        "model": Path(args.model).name,
-        "dtype": args.dtype,
-        "sae": Path(args.sae).name,
-        "hook": hook,
-        "features": features,
-        "aggregate": args.aggregate,
-        "tokens": args.tokens,
-        "pool": corpus_fingerprint(args.pool),
-        "fields": [fields.prompt, fields.response, fields.id],
-        "max_tokens": args.max_tokens,
-        "chat_template": args.chat_template,
-    }
+    manifest.update(
+        pool=corpus_fingerprint(args.pool),
+        fields=[fields.prompt, fields.response, fields.id],
+        max_tokens=args.max_tokens,
+        chat_template=args.chat_template,
+    )
     summary = engine.run(
         stream_records(args.pool, fields=fields),
         encode,
@@ -230,6 +213,40 @@ def run_score_shard(args: argparse.Namespace) -> int:
         distributed.barrier("igds-score-shard-merged")
     distributed.shutdown()
     return 0
+
+
+def build_scorer(args: argparse.Namespace, model, mesh) -> tuple:
+    """Return ``(score_fn, params, manifest entries)`` for ``--method``."""
+    from igds_jax.score_fns import frs_params, frs_score_fn, loss_score_fn
+    from sae import check_hook_dim, load_sae
+
+    manifest = {"method": args.method, "model": Path(args.model).name, "dtype": args.dtype}
+    if args.method == "loss":
+        return loss_score_fn(model.graphdef), {"model": model.state}, manifest
+    if args.sae is None or args.features is None:
+        raise ValueError("--method frs needs --sae and --features")
+    features = parse_features(args.features)
+    sae_params, sae_cfg = load_sae(args.sae)
+    hook = args.hook or sae_cfg.hook_name
+    if not hook:
+        raise ValueError(f"{args.sae} names no hook point; pass --hook")
+    check_hook_dim(sae_cfg, model.config.d_model)
+    score_fn = frs_score_fn(
+        model.graphdef,
+        sae_cfg,
+        model.config.n_layers,
+        hook_name=hook,
+        aggregate=args.aggregate,
+        tokens=args.tokens,
+    )
+    manifest.update(
+        sae=Path(args.sae).name,
+        hook=hook,
+        features=features,
+        aggregate=args.aggregate,
+        tokens=args.tokens,
+    )
+    return score_fn, frs_params(model.state, sae_params, features, mesh), manifest
 
 
 def _pad_id(tokenizer, model_pad_id: int | None) -> int:
