@@ -215,3 +215,30 @@ def test_no_validated_feature_falls_back(runs, tmp_path):
     assert demo["scored_features"] == [best["id"]]
     assert demo["kept_features"] == []
     assert "No candidate passed causal validation" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_translation_task_splits(runs, tmp_path):
+    first, _, cache = runs
+    out = tmp_path / "translation"
+    args = demo_args(Path(first.parent / "model"), cache, out)
+    args += ["--set", "data.task=translation", "--set", "data.language=fra"]
+    assert main(args) == 0
+    data = out / "data"
+    records = {n: read_jsonl(data / f"{n}.jsonl") for n in ("task", "dev", "test", "pool")}
+    templates = {
+        n: {r["meta"]["template_id"] for r in rows if r["meta"]["task"] == "translation"}
+        for n, rows in records.items()
+    }
+    assert not templates["task"] & templates["dev"]
+    assert not templates["task"] & templates["test"]
+    assert not templates["dev"] & templates["test"]
+    # the pool holds the other half of the source pairs, never a task pair
+    assert templates["pool"]
+    assert not templates["pool"] & (templates["dev"] | templates["test"])
+    assert not {r["id"] for r in records["task"]} & {r["id"] for r in records["pool"]}
+    assert all(r["response"] and r["meta"]["language"] == "fra" for r in records["task"])
+    demo = json.loads((out / "summary.json").read_text())["demo"]
+    assert demo["sae"]["source"] == "cache"
+    n_pairs = sum(r["meta"]["task"] == "translation" for r in records["pool"])
+    assert demo["pool_task_share"] == pytest.approx(n_pairs / len(records["pool"]))
+    assert "## Translation share of each selection" in (out / "report.md").read_text()
