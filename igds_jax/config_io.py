@@ -96,7 +96,13 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping of settings")
     data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data, str(path) if path else "config")
+    try:
+        return from_dict(cls, data, "config")
+    except ValueError as err:
+        if path is None:
+            raise
+        source = f"{path} with --set overrides" if overrides else str(path)
+        raise ValueError(f"{source}: {err}") from None
 
 
 def to_dict(obj: Any) -> Any:
