@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override a config field, e.g. --set data.pool_other=400 or --set "
         "method.causal.alpha=8 (value parsed as YAML; repeatable)",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--no-progress", action="store_true", help="hide the SAE training progress bars")
     p.set_defaults(func=run)
 
 
