@@ -2,7 +2,9 @@
 
 Each baseline writes ``baselines/<name>/scores.jsonl`` and the selection files there, and
 its counts under ``baselines.<name>`` in ``summary.json``. Random and ZIP need no model;
-Loss and IFD run the base model over the pool (``igds_jax.model_baselines``). ZIP
+Loss and IFD run the base model over the pool (``igds_jax.model_baselines``); within one
+command they share the prompt-conditioned response losses, so running both costs one
+conditioned pass plus IFD's response-alone pass. ZIP
 compresses ``prompt + "\\n" + response`` of each example and selects as many examples as
 the selection keeps.
 """
@@ -24,6 +26,16 @@ from igds_jax.selection import Selection
 logger = logging.getLogger(__name__)
 
 
+def _conditioned_losses(run: Run, examples: list, kwargs: dict) -> np.ndarray:
+    """Mean response losses of the pool given its prompts, computed once per command."""
+    if "pool_response_losses" not in run.memo:
+        assets = run.assets()
+        run.memo["pool_response_losses"] = mean_response_losses(
+            assets.graphdef, assets.state, examples, **kwargs
+        )
+    return run.memo["pool_response_losses"]
+
+
 def _model_scores(run: Run, name: str) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     assets = run.assets()
     examples = run.encoded("pool")
@@ -31,14 +43,16 @@ def _model_scores(run: Run, name: str) -> tuple[np.ndarray, dict[str, np.ndarray
     tokens = sum(e.length for e in examples)
     if name == "loss":
         with run.timed("baselines", "loss", tokens):
-            losses = mean_response_losses(assets.graphdef, assets.state, examples, **kwargs)
+            losses = _conditioned_losses(run, examples, kwargs)
         return loss_scores(losses), {"loss": losses}, {}
-    with run.timed("baselines", "ifd", 2 * tokens):
+    reused = "pool_response_losses" in run.memo
+    with run.timed("baselines", "ifd", tokens if reused else 2 * tokens):
         cond, uncond = ifd_losses(
             assets.graphdef,
             assets.state,
             examples,
             bos_token_id=assets.tokenizer.bos_token_id,
+            conditioned=_conditioned_losses(run, examples, kwargs),
             **kwargs,
         )
     scores = ifd_scores(cond, uncond, max_ifd=run.cfg.baselines.max_ifd)

@@ -48,6 +48,8 @@ class Run:
     cfg: MethodConfig
     _assets: Assets | None = None
     _datasets: dict[str, Dataset] = field(default_factory=dict)
+    # results that several steps of one command share, e.g. the pool's response losses
+    memo: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:

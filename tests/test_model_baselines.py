@@ -79,3 +79,26 @@ def test_truncated_response_keeps_same_targets(setup):
     alone = response_alone(e, assets.BOS)
     assert e.truncated
     np.testing.assert_array_equal(alone.input_ids[1:], e.input_ids[e.response_mask])
+
+
+def test_ifd_reuses_given_conditioned_losses(setup):
+    model, examples = setup
+    given = np.arange(1.0, len(examples) + 1.0)
+    cond, uncond = ifd_losses(
+        model.graphdef, model.state, examples, bos_token_id=assets.BOS, conditioned=given, **KWARGS
+    )
+    np.testing.assert_array_equal(cond, given)
+    for i, row in enumerate(ROWS):
+        response = model.tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        alone = np.array([assets.BOS, *response, assets.EOS])
+        expected = torch_mean_loss(model, alone, np.arange(len(alone)) > 0)
+        np.testing.assert_allclose(uncond[i], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="one per example"):
+        ifd_losses(
+            model.graphdef,
+            model.state,
+            examples,
+            bos_token_id=assets.BOS,
+            conditioned=given[:-1],
+            **KWARGS,
+        )

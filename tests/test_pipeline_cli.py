@@ -140,6 +140,21 @@ def test_steps_one_by_one_match_run(inputs, full_run, tmp_path):
     )
 
 
+def test_ifd_alone_matches_ifd_after_loss(inputs, full_run, tmp_path):
+    # `igds run` computes Loss first and IFD reuses its conditioned losses; a lone
+    # `igds baseline ifd` computes them itself. Both must give the same scores.
+    args = overrides(inputs, tmp_path, **{"baselines.names": "[]"})
+    assert igds("baseline", "ifd", CONFIG, *args) == 0
+    alone = {r["id"]: r for r in read_jsonl(tmp_path / "baselines/ifd/scores.jsonl")}
+    shared = {r["id"]: r for r in read_jsonl(full_run / "baselines/ifd/scores.jsonl")}
+    losses = {r["id"]: r["loss"] for r in read_jsonl(full_run / "baselines/loss/scores.jsonl")}
+    assert alone.keys() == shared.keys() == losses.keys()
+    for key, row in alone.items():
+        assert row["loss_conditioned"] == pytest.approx(shared[key]["loss_conditioned"], rel=1e-6)
+        assert row["loss_alone"] == pytest.approx(shared[key]["loss_alone"], rel=1e-6)
+        assert shared[key]["loss_conditioned"] == losses[key]
+
+
 def test_selection_stable_under_pool_order(inputs, full_run, tmp_path):
     lines = Path(inputs["pool"]).read_text().splitlines()
     random.Random(1).shuffle(lines)
