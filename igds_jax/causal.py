@@ -21,7 +21,10 @@ Batching: one compiled call evaluates many (candidate, example) pairs. A dev bat
 rows is repeated for ``G`` candidates, and ``sae.make_feature_intervention`` reads a
 per-row feature id and strength, so row ``g * R + r`` is example ``r`` with candidate ``g``
 edited. The unedited base run is entry 0 of the same call: amplifying by 1 or steering by 0
-leaves the activation unchanged. The loss needs logits, so every layer runs.
+leaves the activation unchanged. The loss needs logits, so every layer runs; when the SAE
+reads the residual stream (``hook_resid_post`` or ``hook_resid_pre``), the blocks before
+the hook are the same for every candidate, so they run once per dev batch and only the
+rest of the model runs per candidate (``models.transformer.forward_from``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from tqdm import tqdm
 
 from igds_jax.method_batches import make_batches
 from igds_jax.tokenize import Batch, EncodedExample
-from models.transformer import forward, token_losses
+from models.hooks import parse_hook_name
+from models.transformer import forward, forward_from, graphdef_config, token_losses
 from sae import SAEConfig, SAEParams, feature_edit, make_feature_intervention
 
 logger = logging.getLogger(__name__)
@@ -113,6 +117,64 @@ def _response_loss_sums(
     return jnp.sum(jnp.where(response_mask_bt, loss_bt, 0.0), axis=1)
 
 
+def residual_split(hook_name: str, n_layers: int) -> tuple[str, int] | None:
+    """Where a forward pass can be cut for edits at ``hook_name``.
+
+    Returns ``(prefix_hook, start_layer)``: the residual that ``prefix_hook`` captures is
+    the stream the edit applies to, and the rest of the model runs from ``start_layer``.
+    None for hooks inside a block (attention or MLP outputs).
+    """
+    layer, kind = parse_hook_name(hook_name, n_layers)
+    if kind == "hook_resid_post":
+        return hook_name, layer + 1
+    if kind == "hook_resid_pre":
+        return (f"blocks.{layer - 1}.hook_resid_post" if layer else "hook_embed"), layer
+    return None
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "prefix_hook", "start_layer"))
+def _prefix_residual(
+    graphdef, state, tokens_bt, attention_mask_bt, positions_bt, *, prefix_hook, start_layer
+):
+    _, captured = forward(
+        graphdef,
+        state,
+        tokens_bt,
+        attention_mask_bt,
+        capture=(prefix_hook,),
+        stop_at_layer=start_layer,
+        positions_bt=positions_bt,
+    )
+    return captured[prefix_hook]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "intervention", "start_layer", "times"))
+def _suffix_loss_sums(
+    graphdef,
+    state,
+    resid_btd,
+    tokens_bt,
+    attention_mask_bt,
+    response_mask_bt,
+    positions_bt,
+    edit,
+    *,
+    intervention,
+    start_layer,
+    times,
+):
+    def tile(x):
+        return jnp.tile(x, (times,) + (1,) * (x.ndim - 1))
+
+    tokens_bt, attention_mask_bt = tile(tokens_bt), tile(attention_mask_bt)
+    x_btd = intervention(tile(resid_btd), attention_mask_bt, edit)
+    logits_btv, _ = forward_from(
+        graphdef, state, x_btd, start_layer, attention_mask_bt, positions_bt=tile(positions_bt)
+    )
+    loss_bt = token_losses(logits_btv, tokens_bt)
+    return jnp.sum(jnp.where(tile(response_mask_bt), loss_bt, 0.0), axis=1)
+
+
 def entry_groups(num_entries: int, group_size: int) -> list[tuple[np.ndarray, int]]:
     """Cut entry indices into groups of exactly ``group_size`` for fixed-shape calls.
 
@@ -165,27 +227,53 @@ def candidate_losses(
         pad_rows=False,
     )
     plan = [(b, entry_groups(len(entry_ids), _group_size(b, tokens_per_call))) for b in batches]
+    split = residual_split(hook_name, graphdef_config(graphdef, state).n_layers)
 
     # one call per (dev batch, group of entries), rows laid out entry-major
     sums = np.zeros(len(entry_ids), np.float64)
     with tqdm(total=sum(len(g) for _, g in plan), desc="causal", unit="call", leave=False) as bar:
         for batch, groups in plan:
             rows = batch.tokens_bt.shape[0]
+            if split is not None:
+                resid_btd = _prefix_residual(
+                    graphdef,
+                    state,
+                    batch.tokens_bt,
+                    batch.attention_mask_bt,
+                    batch.positions_bt,
+                    prefix_hook=split[0],
+                    start_layer=split[1],
+                )
             for group, num_valid in groups:
                 edit = feature_edit(
                     sae, np.repeat(entry_ids[group], rows), np.repeat(entry_values[group], rows)
                 )
-                row_sums = _response_loss_sums(
-                    graphdef,
-                    state,
-                    _tile(batch.tokens_bt, len(group)),
-                    _tile(batch.attention_mask_bt, len(group)),
-                    _tile(batch.response_mask_bt, len(group)),
-                    _tile(batch.positions_bt, len(group)),
-                    edit,
-                    intervention=intervention,
-                    hook_name=hook_name,
-                )
+                if split is not None:
+                    row_sums = _suffix_loss_sums(
+                        graphdef,
+                        state,
+                        resid_btd,
+                        batch.tokens_bt,
+                        batch.attention_mask_bt,
+                        batch.response_mask_bt,
+                        batch.positions_bt,
+                        edit,
+                        intervention=intervention,
+                        start_layer=split[1],
+                        times=len(group),
+                    )
+                else:
+                    row_sums = _response_loss_sums(
+                        graphdef,
+                        state,
+                        _tile(batch.tokens_bt, len(group)),
+                        _tile(batch.attention_mask_bt, len(group)),
+                        _tile(batch.response_mask_bt, len(group)),
+                        _tile(batch.positions_bt, len(group)),
+                        edit,
+                        intervention=intervention,
+                        hook_name=hook_name,
+                    )
                 per_entry = np.asarray(row_sums, np.float64).reshape(len(group), rows).sum(1)
                 sums[group[:num_valid]] += per_entry[:num_valid]
                 bar.update(1)

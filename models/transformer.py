@@ -121,8 +121,14 @@ class DecoderLM(nnx.Module):
     def run(self, tokens_bt, positions_bt, key_valid_bs, slot_start, caches, hook, n_blocks):
         """Embed, run the first ``n_blocks`` blocks; returns residual and updated caches."""
         x_btd = hook("hook_embed", self.embed(tokens_bt, positions_bt))
+        return self.run_blocks(
+            x_btd, positions_bt, key_valid_bs, slot_start, caches, hook, 0, n_blocks
+        )
+
+    def run_blocks(self, x_btd, positions_bt, key_valid_bs, slot_start, caches, hook, start, stop):
+        """Run blocks ``start..stop-1`` on the residual ``x_btd`` entering block ``start``."""
         new_caches = []
-        for i in range(n_blocks):
+        for i in range(start, stop):
             cache = None if caches is None else caches[i]
             x_btd, cache = self.layers[i](
                 x_btd, positions_bt, key_valid_bs, slot_start, cache, hook
@@ -216,6 +222,78 @@ def forward(
         interventions=frozen,
         stop_at_layer=stop_at_layer,
     )
+
+
+def forward_from(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    x_btd: jax.Array,
+    start_layer: int,
+    attention_mask_bt: jax.Array,
+    *,
+    capture: Iterable[str] = (),
+    interventions: Mapping[str, Intervention] | None = None,
+    intervention_params: Mapping[str, Any] | None = None,
+    positions_bt: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Finish a forward pass from the residual stream ``x_btd`` entering ``start_layer``.
+
+    ``x_btd`` is what ``blocks.{start_layer}.hook_resid_pre`` reads (equal to
+    ``blocks.{start_layer - 1}.hook_resid_post``). The result is ``forward``'s for the
+    same tokens, so a prefix computed once can be finished many times, e.g. with
+    different edits at the hook where the prefix stops. Hooks must be in blocks
+    ``start_layer`` and later.
+    """
+    cfg = graphdef_config(graphdef, state)
+    if not 0 <= start_layer <= cfg.n_layers:
+        raise ValueError(f"start_layer={start_layer} is outside 0..{cfg.n_layers}")
+    capture = tuple(sorted(set(capture)))
+    frozen = _freeze_interventions(interventions)
+    check_hooks(cfg, list(capture) + [name for name, _ in frozen], None)
+    for name in list(capture) + [name for name, _ in frozen]:
+        layer, _ = parse_hook_name(name, cfg.n_layers)
+        if layer is None or layer < start_layer:
+            raise ValueError(
+                f"hook {name!r} comes before start_layer={start_layer}; apply it to the "
+                "prefix instead"
+            )
+    attention_mask_bt = jnp.asarray(attention_mask_bt, jnp.int32)
+    if positions_bt is None:
+        positions_bt = default_positions(attention_mask_bt)
+    return _forward_from(
+        graphdef,
+        state,
+        x_btd,
+        attention_mask_bt,
+        jnp.asarray(positions_bt, jnp.int32),
+        dict(intervention_params or {}),
+        start_layer=start_layer,
+        capture=capture,
+        interventions=frozen,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "start_layer", "capture", "interventions"))
+def _forward_from(
+    graphdef,
+    state,
+    x_btd,
+    attention_mask_bt,
+    positions_bt,
+    intervention_params,
+    *,
+    start_layer,
+    capture,
+    interventions,
+):
+    model = nnx.merge(graphdef, state)
+    hook = HookContext(
+        frozenset(capture), dict(interventions), intervention_params, attention_mask_bt
+    )
+    x_btd, _ = model.run_blocks(
+        x_btd, positions_bt, attention_mask_bt, 0, None, hook, start_layer, model.config.n_layers
+    )
+    return model.unembed(x_btd), hook.captured
 
 
 _CONFIGS: dict[nnx.GraphDef, ModelConfig] = {}

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models.loading import LoadedModel, load_model  # noqa: E402
-from models.transformer import forward  # noqa: E402
+from models.transformer import forward, forward_from  # noqa: E402
 
 LOGIT_TOL = 1e-4
 
@@ -125,6 +125,24 @@ def check_stop_at_layer(ours: LoadedModel, *, layer: int, seed: int = 3):
     )
     assert logits is None
     np.testing.assert_array_equal(np.asarray(part[name]), np.asarray(full[name]))
+
+
+def check_forward_from(hf_model, ours: LoadedModel, *, layer: int, seed: int = 4):
+    """Finishing from HF's residual entering block ``layer`` gives HF's logits (padded)."""
+    rng = np.random.default_rng(seed)
+    lengths = [23, 15]
+    t = max(lengths)
+    tokens = np.zeros((len(lengths), t), np.int64)
+    mask = np.zeros_like(tokens)
+    for r, n in enumerate(lengths):
+        tokens[r, t - n :] = rng.integers(1, ours.config.vocab_size, size=n)
+        mask[r, t - n :] = 1
+    out = hf_logits(hf_model, tokens, mask, output_hidden_states=True)
+    resid = out.hidden_states[layer].numpy()
+    logits, _ = forward_from(ours.graphdef, ours.state, resid, layer, mask)
+    valid = mask.astype(bool)
+    diff = np.abs(np.asarray(logits)[valid] - out.logits.numpy()[valid]).max()
+    assert diff <= LOGIT_TOL, f"forward_from layer {layer}: max abs logit diff {diff:.3g}"
 
 
 def hf_decoder_layers(hf_model):

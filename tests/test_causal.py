@@ -27,9 +27,8 @@ def validate(setup, candidates=CANDIDATES, **kwargs):
     model, params, cfg, dev = setup
     kwargs.setdefault("max_tokens", 64)
     kwargs.setdefault("bucket_multiple", 4)
-    return causal_validate(
-        model.graphdef, model.state, params, cfg, candidates, dev, hook_name=assets.HOOK, **kwargs
-    )
+    kwargs.setdefault("hook_name", assets.HOOK)
+    return causal_validate(model.graphdef, model.state, params, cfg, candidates, dev, **kwargs)
 
 
 AMPLIFY = make_feature_intervention(assets.planted_sae()[2], "amplify")
@@ -42,11 +41,13 @@ def single_edit(fn, params, feature, value):
     return lambda h, mask: fn(h, mask, edit)
 
 
-def numpy_response_loss(model, examples, intervention=None):
+def numpy_response_loss(model, examples, intervention=None, hook=assets.HOOK):
     """Mean response-token cross-entropy, one unpadded example at a time."""
     total, count = 0.0, 0
     for e in examples:
-        logits, _ = assets.run_single(model, e.input_ids, intervention=intervention, length=16)
+        logits, _ = assets.run_single(
+            model, e.input_ids, hook=hook, intervention=intervention, length=16
+        )
         logp = assets.np_log_softmax(logits)
         for t in np.flatnonzero(e.response_mask):
             total -= logp[t - 1, e.input_ids[t]]
@@ -92,6 +93,20 @@ def test_steer_mode_matches_single_runs(setup):
     result = validate(setup, candidates=[assets.FIVE], mode="steer", steer_coef=0.5)
     edited = numpy_response_loss(model, dev, single_edit(STEER, params, assets.FIVE, 0.5))
     np.testing.assert_allclose(result.values_c[0], edited, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "hook", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.0.hook_mlp_out"]
+)
+def test_other_hooks_match_single_runs(setup, hook):
+    # resid hooks run the blocks before the edit once per batch; mlp_out runs whole passes
+    model, params, _, dev = setup
+    result = validate(setup, hook_name=hook, tokens_per_call=12 * 18)
+    np.testing.assert_allclose(result.base_value, numpy_response_loss(model, dev), rtol=1e-5)
+    for c, fid in enumerate(CANDIDATES):
+        edit = single_edit(AMPLIFY, params, fid, 4.0)
+        edited = numpy_response_loss(model, dev, edit, hook=hook)
+        np.testing.assert_allclose(result.values_c[c], edited, rtol=1e-5)
 
 
 def test_min_delta_filters(setup):

@@ -92,6 +92,10 @@ def test_intervention_matches_torch_hook(pair):
     ref.check_intervention(*pair, layer=1)
 
 
+def test_forward_from_layer_matches_hf(pair):
+    ref.check_forward_from(*pair, layer=1)
+
+
 def test_stop_at_layer_equals_full_capture(pair):
     ref.check_stop_at_layer(pair[1], layer=2)
 

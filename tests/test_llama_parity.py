@@ -47,9 +47,27 @@ def test_intervention_matches_torch_hook(pair):
     ref.check_intervention(*pair, layer=1)
 
 
+def test_forward_from_layer_matches_hf(pair):
+    ref.check_forward_from(*pair, layer=1)
+
+
 def test_stop_at_layer_equals_full_capture(pair):
     ref.check_stop_at_layer(pair[1], layer=1)
 
 
 def test_greedy_generation_matches_hf(pair):
     ref.check_greedy_generation(*pair)
+
+
+def test_forward_from_rejects_earlier_hooks(pair):
+    import numpy as np
+
+    from models.transformer import forward_from
+
+    ours = pair[1]
+    x = np.zeros((1, 4, ours.config.d_model), np.float32)
+    mask = np.ones((1, 4), np.int32)
+    with pytest.raises(ValueError, match="comes before start_layer=2"):
+        forward_from(ours.graphdef, ours.state, x, 2, mask, capture=["blocks.1.hook_resid_post"])
+    with pytest.raises(ValueError, match="outside 0..3"):
+        forward_from(ours.graphdef, ours.state, x, 4, mask)
