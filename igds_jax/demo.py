@@ -128,7 +128,7 @@ def run_method(run: Any) -> dict[str, Any]:
             features[0],
             float(found.causal.deltas_c[best]),
         )
-    scores = pipeline.score(run, features)
+    scores = pipeline.score(run, features, feature_stats=True)
     pipeline.select(run, scores)
     for name in run.cfg.baselines.names:
         run_baseline(run, name)
@@ -187,26 +187,12 @@ def demo_sections(cfg: DemoConfig, run: Any, data_info: dict, sae_info: dict) ->
     features = [r for r in run_files.read_jsonl(run_dir / "features.jsonl") if r["id"] in scored]
     features.sort(key=lambda r: -(r["delta"] or 0.0))
     shown = features[: cfg.report.max_features]
+    shown_ids = [r["id"] for r in shown]
     pool = run.dataset("pool")
     examples = run.encoded("pool")
-    data = run.cfg.data
     scores = {r["id"]: r["score"] for r in run_files.read_jsonl(run_dir / "scores.jsonl")}
     scores_n = np.asarray([scores[i] for i in pool.ids], np.float64)
-    # Activations are >= 0 and the shown features are among the scored ones, so an example
-    # with FRS 0 activates none of them: only the others need the extra model pass.
-    active = np.flatnonzero(scores_n > 0)
-    with run.timed("report", "feature_peaks", sum(examples[i].length for i in active)):
-        peaks_active = demo_report.feature_peaks(
-            run.assets(),
-            [examples[i] for i in active],
-            [r["id"] for r in shown],
-            tokens_per_batch=data.tokens_per_batch,
-            max_tokens=data.max_tokens,
-            bucket_multiple=data.bucket_multiple,
-        )
-    peaks = tuple(np.zeros((len(examples), len(shown)), a.dtype) for a in peaks_active)
-    for full, part in zip(peaks, peaks_active, strict=True):
-        full[active] = part
+    peaks = demo_report.peaks_of(run.memo["frs_feature_stats"], shown_ids)
     labels = [demo_report.source_label(dict(r.extra)) for r in pool.records]
     described = demo_report.feature_examples(
         pool.ids,

@@ -1,8 +1,8 @@
 """The demo's additions to a run's ``report.md``: what the kept features fire on, how the
 scores split by record source, and how much of each selection is task data.
 
-- ``feature_peaks``: one pass of the model over the pool that records, for each kept
-  feature, every example's summed activation and its peak token;
+- ``peaks_of``: for each shown feature, every pool example's summed activation and peak
+  token, taken from the FRS pass (``igds_jax.frs.FeatureStats``);
 - ``feature_examples``: the top pool examples of each feature with a snippet of text
   around the peak token (the peak token in ``[[ ]]``);
 - ``plots/scores_by_source.png``: the FRS distribution of each record source;
@@ -12,102 +12,30 @@ scores split by record source, and how much of each selection is task data.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from igds_jax import run_files
-from igds_jax.frs import feature_activations
-from igds_jax.method_batches import hook_stop_layer, make_batches, progress
+from igds_jax.frs import FeatureStats
 from igds_jax.tokenize import EncodedExample
-from models.transformer import forward, graphdef_config
-from sae import SAEConfig, SAEParams
 
 logger = logging.getLogger(__name__)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sae_cfg", "hook_name"))
-def _peaks_batch(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    sae: SAEParams,
-    tokens_bt: jax.Array,
-    attention_mask_bt: jax.Array,
-    token_mask_bt: jax.Array,
-    positions_bt: jax.Array,
-    feature_ids_m: jax.Array,
-    *,
-    sae_cfg: SAEConfig,
-    hook_name: str,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per example and feature: summed activation, peak activation and peak column."""
-    cfg = graphdef_config(graphdef, state)
-    _, captured = forward(
-        graphdef,
-        state,
-        tokens_bt,
-        attention_mask_bt,
-        capture=(hook_name,),
-        stop_at_layer=hook_stop_layer(hook_name, cfg.n_layers),
-        positions_bt=positions_bt,
-    )
-    acts_btm = feature_activations(sae, sae_cfg, captured[hook_name], feature_ids_m)
-    acts_btm = jnp.where(token_mask_bt[..., None], acts_btm.astype(jnp.float32), 0.0)
-    return acts_btm.sum(axis=1), acts_btm.max(axis=1), jnp.argmax(acts_btm, axis=1)
-
-
-def feature_peaks(
-    assets: Any,
-    examples: Sequence[EncodedExample],
-    feature_ids: Sequence[int],
-    *,
-    tokens_per_batch: int,
-    max_tokens: int,
-    bucket_multiple: int,
+def peaks_of(
+    stats: FeatureStats, feature_ids: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``sums_nm``, ``peaks_nm`` and ``peak_pos_nm`` (token index in each example)."""
-    n, m = len(examples), len(feature_ids)
-    sums_nm = np.zeros((n, m), np.float64)
-    peaks_nm = np.zeros((n, m), np.float64)
-    peak_pos_nm = np.zeros((n, m), np.int64)
-    if m == 0 or n == 0:
-        return sums_nm, peaks_nm, peak_pos_nm
-    ids_m = np.asarray(feature_ids, np.int32)
-    batches = make_batches(
-        examples,
-        tokens_per_batch=tokens_per_batch,
-        max_tokens=max_tokens,
-        bucket_multiple=bucket_multiple,
-        pad_id=assets.pad_id,
-    )
-    for batch in progress(batches, "feature peaks"):
-        sums, peaks, cols = _peaks_batch(
-            assets.graphdef,
-            assets.state,
-            assets.sae,
-            batch.tokens_bt,
-            batch.attention_mask_bt,
-            batch.token_mask_bt,
-            batch.positions_bt,
-            ids_m,
-            sae_cfg=assets.sae_cfg,
-            hook_name=assets.hook_name,
-        )
-        real = batch.example_idx_b >= 0
-        rows = batch.example_idx_b[real]
-        cols = np.asarray(cols)[real]
-        positions = np.take_along_axis(batch.positions_bt[real], cols, axis=1)
-        sums_nm[rows] = np.asarray(sums, np.float64)[real]
-        peaks_nm[rows] = np.asarray(peaks, np.float64)[real]
-        peak_pos_nm[rows] = positions
-    return sums_nm, peaks_nm, peak_pos_nm
+    """Return ``sums_nm``, ``peaks_nm`` and ``peak_pos_nm`` of ``feature_ids``, in that order."""
+    column = {int(f): c for c, f in enumerate(stats.feature_ids)}
+    missing = [int(f) for f in feature_ids if int(f) not in column]
+    if missing:
+        raise ValueError(f"features {missing} were not scored; scored: {sorted(column)}")
+    cols = [column[int(f)] for f in feature_ids]
+    return stats.sums_nm[:, cols], stats.peaks_nm[:, cols], stats.peak_pos_nm[:, cols]
 
 
 def snippet(tokenizer: Any, ids: np.ndarray, position: int, context: int) -> str:

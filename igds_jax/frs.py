@@ -15,7 +15,9 @@ response tokens only (``tokens="response"``).
 computes the hook (``stop_at_layer``) and encodes only the validated features
 (``sae.encode_subset``). A TopK SAE, whose features depend on each other, is encoded
 whole and the columns taken. ``frs_scores`` loops the kernel over length buckets in
-memory.
+memory; with ``feature_stats=True`` it also returns, per example and validated feature,
+the summed activation over the scored tokens, the peak activation and the peak token's
+index (``FeatureStats``), which reports use to show what each feature fires on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +40,16 @@ from sae import SAEConfig, SAEParams, encode, encode_subset
 logger = logging.getLogger(__name__)
 
 AGGREGATES = ("sum", "mean", "max")
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Per example ``n`` and validated feature ``m``, over the scored tokens."""
+
+    feature_ids: np.ndarray  # [m] int64
+    sums_nm: np.ndarray  # float64 summed activation
+    peaks_nm: np.ndarray  # float64 largest activation (0 when it never fires)
+    peak_pos_nm: np.ndarray  # int64 index of the peak token in the example's input_ids
 
 
 def feature_activations(
@@ -61,7 +74,9 @@ def aggregate_tokens(per_token_bt: jax.Array, score_mask_bt: jax.Array, aggregat
     raise ValueError(f"aggregate={aggregate!r}; expected one of {AGGREGATES}")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sae_cfg", "hook_name", "aggregate"))
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "sae_cfg", "hook_name", "aggregate", "with_stats")
+)
 def frs_batch(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -75,8 +90,12 @@ def frs_batch(
     sae_cfg: SAEConfig,
     hook_name: str,
     aggregate: str = "sum",
-) -> jax.Array:
+    with_stats: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """Return the FRS ``[B]`` (float32) of one padded batch.
+
+    With ``with_stats``, return ``(frs_b, sums_bm, peaks_bm, peak_col_bm)``: per feature,
+    the summed and the peak activation over the scored tokens and the peak's column.
 
     Args:
       graphdef, state: the split model.
@@ -102,7 +121,12 @@ def frs_batch(
     )
     acts_btm = feature_activations(sae, sae_cfg, captured[hook_name], feature_ids_m)
     per_token_bt = acts_btm.astype(jnp.float32).sum(axis=-1)
-    return aggregate_tokens(per_token_bt, score_mask_bt.astype(bool), aggregate)
+    score_mask_bt = score_mask_bt.astype(bool)
+    frs_b = aggregate_tokens(per_token_bt, score_mask_bt, aggregate)
+    if not with_stats:
+        return frs_b
+    masked_btm = jnp.where(score_mask_bt[..., None], acts_btm.astype(jnp.float32), 0.0)
+    return frs_b, masked_btm.sum(axis=1), masked_btm.max(axis=1), jnp.argmax(masked_btm, axis=1)
 
 
 def frs_scores(
@@ -120,8 +144,10 @@ def frs_scores(
     max_tokens: int = 1024,
     bucket_multiple: int = 64,
     pad_id: int = 0,
-) -> np.ndarray:
-    """Return the FRS ``[n]`` (float64) of every example, in the order given.
+    feature_stats: bool = False,
+) -> np.ndarray | tuple[np.ndarray, FeatureStats]:
+    """Return the FRS ``[n]`` (float64) of every example, in the order given, and with
+    ``feature_stats`` also each feature's ``FeatureStats``.
 
     Raises ValueError when ``feature_ids`` is empty (every score would be 0).
     """
@@ -142,9 +168,16 @@ def frs_scores(
         bucket_multiple=bucket_multiple,
         pad_id=pad_id,
     )
-    scores = np.zeros(len(examples), np.float64)
+    n, m = len(examples), len(ids_m)
+    scores = np.zeros(n, np.float64)
+    stats = FeatureStats(
+        ids_m.astype(np.int64),
+        np.zeros((n, m), np.float64),
+        np.zeros((n, m), np.float64),
+        np.zeros((n, m), np.int64),
+    )
     for batch in progress(batches, "FRS"):
-        batch_scores = frs_batch(
+        out = frs_batch(
             graphdef,
             state,
             sae,
@@ -156,7 +189,17 @@ def frs_scores(
             sae_cfg=sae_cfg,
             hook_name=hook_name,
             aggregate=aggregate,
+            with_stats=feature_stats,
         )
         real = batch.example_idx_b >= 0
-        scores[batch.example_idx_b[real]] = np.asarray(batch_scores, np.float64)[real]
-    return scores
+        rows = batch.example_idx_b[real]
+        if not feature_stats:
+            scores[rows] = np.asarray(out, np.float64)[real]
+            continue
+        batch_scores, sums, peaks, cols = (np.asarray(a) for a in out)
+        scores[rows] = batch_scores[real].astype(np.float64)
+        stats.sums_nm[rows] = sums[real]
+        stats.peaks_nm[rows] = peaks[real]
+        # column in the padded batch -> index in the example (positions skip left padding)
+        stats.peak_pos_nm[rows] = np.take_along_axis(batch.positions_bt[real], cols[real], axis=1)
+    return (scores, stats) if feature_stats else scores

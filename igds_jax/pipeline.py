@@ -205,8 +205,13 @@ def identify(run: Run) -> IdentifyResult:
 # ------------------------------------------------------------------------ score & select
 
 
-def score(run: Run, kept: list[int] | None = None) -> np.ndarray:
-    """Score every pool example by FRS over the kept features; write ``scores.jsonl``."""
+def score(run: Run, kept: list[int] | None = None, feature_stats: bool = False) -> np.ndarray:
+    """Score every pool example by FRS over the kept features; write ``scores.jsonl``.
+
+    With ``feature_stats``, each feature's per-example activation summary
+    (``igds_jax.frs.FeatureStats``) stays in ``run.memo["frs_feature_stats"]`` for a
+    report to use.
+    """
     cfg, assets = run.cfg, run.assets()
     if kept is None:
         kept = run_files.read_kept_features(run.run_dir)
@@ -225,8 +230,11 @@ def score(run: Run, kept: list[int] | None = None) -> np.ndarray:
             aggregate=cfg.score.aggregate,
             tokens=cfg.score.tokens,
             tokens_per_batch=cfg.data.tokens_per_batch,
+            feature_stats=feature_stats,
             **run.batch_kwargs(),
         )
+    if feature_stats:
+        scores, run.memo["frs_feature_stats"] = scores
     run_files.write_scores(
         run.run_dir / "scores.jsonl", pool.ids, scores, [e.length for e in examples]
     )

@@ -71,6 +71,26 @@ def test_frs_response_tokens_only(setup):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("tokens", ["all", "response"])
+def test_feature_stats_match_numpy(setup, tokens):
+    model, arrays, _, _, _, pool = setup
+    scores, stats = score(setup, tokens=tokens, feature_stats=True)
+    np.testing.assert_allclose(scores, score(setup, tokens=tokens), rtol=1e-6)
+    assert stats.feature_ids.tolist() == FEATURES
+    for n, e in enumerate(pool):
+        h = assets.captured_hook(model, e)
+        f = np_encode(arrays, "jumprelu", h, apply_b_dec=False, k=3)[:, FEATURES]
+        mask = e.token_mask & (e.response_mask if tokens == "response" else True)
+        f = np.where(mask[:, None], f, 0.0)
+        np.testing.assert_allclose(stats.sums_nm[n], f.sum(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats.peaks_nm[n], f.max(0), rtol=1e-5, atol=1e-6)
+        for m in range(len(FEATURES)):
+            if f[:, m].max() > 0:
+                # the peak index points at a token with the peak activation
+                got = f[stats.peak_pos_nm[n, m], m]
+                np.testing.assert_allclose(got, f[:, m].max(), rtol=1e-5)
+
+
 def test_frs_planted_signal(setup):
     _, _, _, _, rows, _ = setup
     got = score(setup, features=[assets.YES_UP])
