@@ -104,10 +104,10 @@ def main() -> int:
 
     from igds_jax.score_fns import frs_params, frs_score_fn
     from igds_jax.scoring_engine import ScoringConfig, ScoringEngine
-    from igds_jax.sharding import make_mesh, shard_state
-    from igds_jax.tokenize import EncodedExample
     from models.loading import init_model
+    from models.sharding import make_mesh, shard_state
     from sae import SAEConfig, params_from_arrays
+    from train.tokenize import EncodedExample
 
     device = jax.devices()[0]
     kind = getattr(device, "device_kind", str(device))

@@ -116,7 +116,7 @@ def random_sae(d_model: int, seed: int = 0):
 
 
 def encoded(ids_list: list[list[int]]):
-    from igds_jax.tokenize import EncodedExample
+    from train.tokenize import EncodedExample
 
     out = []
     for ids in ids_list:
@@ -201,8 +201,8 @@ def main() -> int:
     from igds_jax.assets import smollm2_gguf_path
     from igds_jax.score_fns import frs_params, frs_score_fn
     from igds_jax.scoring_engine import ScoringConfig, ScoringEngine
-    from igds_jax.sharding import make_mesh, make_placer
     from models.loading import load_model
+    from models.sharding import make_mesh, make_placer
 
     gguf = smollm2_gguf_path()
     mesh = make_mesh()

@@ -41,10 +41,10 @@ from flax import nnx
 from tqdm import tqdm
 
 from igds_jax.method_batches import make_batches
-from igds_jax.tokenize import Batch, EncodedExample
 from models.hooks import parse_hook_name
 from models.transformer import forward, forward_from, graphdef_config, token_losses
 from sae import SAEConfig, SAEParams, feature_edit, make_feature_intervention
+from train.tokenize import Batch, EncodedExample
 
 logger = logging.getLogger(__name__)
 

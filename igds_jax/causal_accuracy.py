@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from igds_jax.causal import IDENTITY, entry_groups, feature_intervention
 from igds_jax.method_batches import make_batches
-from igds_jax.tokenize import Batch, EncodedExample
 from models.generate import generate
 from sae import SAEConfig, SAEParams, feature_edit
+from train.tokenize import Batch, EncodedExample
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Stream a corpus file as ``(index, id, record)`` without loading it into memory.
 
-``igds_jax.data.load_records`` returns a list; scoring a large pool needs the same rows,
+``train.record_files.load_records`` returns a list; scoring a large pool needs the same rows,
 validated the same way, one at a time. ``index`` is the record's 0-based position among the
 valid records, which is what the scoring engine's process split and merge order use.
 """
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from igds_jax import data
-from igds_jax.records import DEFAULT_FIELDS, AutoId, FieldNames, Record, RecordValidator
+from train import record_files
+from train.records import DEFAULT_FIELDS, AutoId, FieldNames, Record, RecordValidator
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def stream_records(
     path: str | Path,
     *,
     fields: FieldNames = DEFAULT_FIELDS,
-    format: data.Format | None = None,
+    format: record_files.Format | None = None,
     max_chars: int | None = 100_000,
     strict: bool = False,
     auto_id: AutoId = "content",
@@ -34,29 +34,19 @@ def stream_records(
 ) -> Iterator[tuple[int, str, Record]]:
     """Yield ``(index, record.id, record)`` for each valid record of ``path`` in file order.
 
-    Arguments and row validation are those of ``igds_jax.data.load_records``. JSONL, CSV,
+    Arguments and row validation are those of ``train.record_files.load_records``. JSONL, CSV,
     Parquet and saved datasets are read row by row; a ``.json`` array is parsed whole.
     Raises ValueError at the end when no valid row was found.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} not found")
-    fmt = format or data.infer_format(path)
+    fmt = format or record_files.infer_format(path)
     validator = RecordValidator(
         str(path), fields=fields, max_chars=max_chars, strict=strict, auto_id=auto_id
     )
-    # NOTE: these readers are private to igds_jax.data; it has no public streaming API yet.
-    readers = {
-        "jsonl": lambda: data._read_jsonl(path, validator),
-        "json": lambda: data._read_json(path, validator),
-        "csv": lambda: data._read_csv(path, validator),
-        "parquet": lambda: data._read_parquet(path, validator),
-        "hf": lambda: data._read_hf(path, validator, split),
-    }
-    if fmt not in readers:
-        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(readers)}")
     index = -1
-    for index, record in enumerate(readers[fmt]()):
+    for index, record in enumerate(record_files.iter_records(path, validator, fmt, split)):
         yield index, record.id, record
     report = validator.report
     (logger.warning if report.num_skipped else logger.info)("%s", report.summary())

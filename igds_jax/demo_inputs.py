@@ -28,8 +28,8 @@ from typing import Any
 
 from igds_jax import demo_data
 from igds_jax.assets import cache_root
-from igds_jax.config_io import to_dict
 from igds_jax.demo_config import DemoConfig
+from train.config_io import to_dict
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from igds_jax import run_files
 from igds_jax.frs import FeatureStats
-from igds_jax.tokenize import EncodedExample
+from train.tokenize import EncodedExample
 
 logger = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ import numpy as np
 from flax import nnx
 
 from igds_jax.method_batches import hook_stop_layer, make_batches, progress, token_set_mask
-from igds_jax.tokenize import EncodedExample
 from models.transformer import forward, graphdef_config
 from sae import SAEConfig, SAEParams, encode, encode_subset
+from train.tokenize import EncodedExample
 
 logger = logging.getLogger(__name__)
 

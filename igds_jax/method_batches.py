@@ -1,7 +1,7 @@
 """Helpers shared by the method's model passes: hook depth, length buckets and token masks.
 
 Every pass (recall, causal validation, FRS, the Loss and IFD baselines) cuts its examples
-into length buckets with ``igds_jax.tokenize.pack_batches``. The bucket lengths come from
+into length buckets with ``train.tokenize.pack_batches``. The bucket lengths come from
 the configured ``max_tokens`` and ``bucket_multiple`` rather than from the data, so every
 dataset reuses the same few compiled shapes.
 """
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from igds_jax.tokenize import Batch, EncodedExample, bucket_lengths, pack_batches
 from models.hooks import parse_hook_name
+from train.tokenize import Batch, EncodedExample, bucket_lengths, pack_batches
 
 logger = logging.getLogger(__name__)
 

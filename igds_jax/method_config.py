@@ -1,6 +1,6 @@
 """Configuration of an IGDS run: every setting of identify -> score -> select and baselines.
 
-One YAML file fills :class:`MethodConfig` (see ``igds_jax.config_io``); ``--set
+One YAML file fills :class:`MethodConfig` (see ``train.config_io``); ``--set
 section.field=value`` overrides single fields. Each field carries its default and a one-line
 comment; ``describe_fields`` turns those comments into the CLI help, so the comment is the
 field's documentation.

@@ -23,14 +23,14 @@ from typing import Any
 from flax import nnx
 
 from igds_jax.baselines.random import random_score
-from igds_jax.data import load_records
 from igds_jax.method_batches import pad_id_of
 from igds_jax.method_config import DataSection, MethodConfig
-from igds_jax.records import FieldNames, LoadReport, Record
-from igds_jax.tokenize import EncodedExample, TokenizeReport, encode_records
 from models.config import ModelConfig
 from models.hooks import parse_hook_name
 from sae import SAEConfig, SAEParams, check_hook_dim, load_sae
+from train.record_files import load_records
+from train.records import FieldNames, LoadReport, Record
+from train.tokenize import EncodedExample, TokenizeReport, encode_records
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from flax import nnx
 
 from igds_jax.baselines.loss import mean_masked_loss
 from igds_jax.method_batches import make_batches, progress
-from igds_jax.tokenize import EncodedExample
 from models.transformer import forward, token_losses
+from train.tokenize import EncodedExample
 
 logger = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from igds_jax.causal import CausalResult, causal_validate
 from igds_jax.frs import frs_scores
 from igds_jax.method_inputs import cap_examples, split_dev
 from igds_jax.recall import RecallResult, frequency_recall
-from igds_jax.records import Record
 from igds_jax.run_context import Dataset, Run, select_and_write
 from igds_jax.selection import Selection
 from igds_jax.stability import compare_feature_scores
+from train.records import Record
 
 logger = logging.getLogger(__name__)
 

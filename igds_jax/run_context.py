@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from igds_jax import run_files
-from igds_jax.config_io import save_resolved
 from igds_jax.method_config import MethodConfig, validate
 from igds_jax.method_inputs import Assets, encode, field_names, load_assets, load_dataset
-from igds_jax.records import Record
 from igds_jax.selection import Selection, select_top, write_selection
-from igds_jax.tokenize import EncodedExample
+from train.config_io import save_resolved
+from train.records import Record
+from train.tokenize import EncodedExample
 
 logger = logging.getLogger(__name__)
 

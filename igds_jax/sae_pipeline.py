@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from igds_jax.config_io import load_config, to_dict
 from igds_jax.sae_texts import prepare_texts
+from train.config_io import load_config, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -285,8 +285,8 @@ def evaluate_sae_dir(
     ``overrides`` (``key=value``) change them.
     """
     from igds_jax.activations import hook_dim_check
-    from igds_jax.config_io import apply_overrides, from_dict
     from sae.formats import load_sae
+    from train.config_io import apply_overrides, from_dict
 
     wall_start = time.perf_counter()
     sae_dir = Path(sae_dir)

@@ -41,7 +41,7 @@ def with_bos(tokenizer, texts: Sequence[str], bos_token_id: int | None) -> list[
 
 def read_texts(spec: str, count: int | None, seed: int, tokenizer, record_format: str) -> list[str]:
     """Read ``count`` documents from ``spec``, which is "demo", a ``.txt`` file (one document
-    per non-blank line) or a records file or saved dataset (``igds_jax.data.load_records``)."""
+    per non-blank line) or a records file or saved dataset (``train.record_files.load_records``)."""
     if spec == "demo":
         from igds_jax.demo_data import sae_training_texts
 
@@ -53,7 +53,7 @@ def read_texts(spec: str, count: int | None, seed: int, tokenizer, record_format
         with open(path, encoding="utf-8") as f:
             lines = (line.strip() for line in f)
             return list(itertools.islice((x for x in lines if x), count))
-    from igds_jax.data import load_records
+    from train.record_files import load_records
 
     records, _ = load_records(path)
     use_chat = record_format == "chat" and getattr(tokenizer, "chat_template", None)

@@ -28,8 +28,8 @@ from jax.sharding import Mesh
 from igds_jax.frs import AGGREGATES, frs_batch
 from igds_jax.model_baselines import token_loss_batch
 from igds_jax.scoring_engine import ScoreFn
-from igds_jax.sharding import replicate
 from models.hooks import parse_hook_name
+from models.sharding import replicate
 from sae import SAEConfig, SAEParams
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def frs_params(
 ) -> dict[str, Any]:
     """Assemble the ``params`` of :func:`frs_score_fn`, with the SAE replicated on ``mesh``.
 
-    ``state`` must already be placed (``igds_jax.sharding.make_placer`` or ``shard_state``).
+    ``state`` must already be placed (``models.sharding.make_placer`` or ``shard_state``).
     """
     ids = np.asarray(feature_ids, dtype=np.int32).reshape(-1)
     if ids.size == 0:

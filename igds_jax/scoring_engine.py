@@ -1,7 +1,7 @@
 """Streaming, resumable scoring of a corpus with a jitted per-batch score function.
 
 The score function has the signature ``score_fn(params, batch) -> {name: scores_b}``:
-``params`` is any pytree of arrays already placed on the mesh (see ``igds_jax.sharding``),
+``params`` is any pytree of arrays already placed on the mesh (see ``models.sharding``),
 ``batch`` contains the arrays named in :data:`BATCH_FIELDS`, each ``[B, T]``, and each output
 is a float array ``[B]`` with one score per row. Padding rows have all-zero masks and their
 scores are dropped.
@@ -9,7 +9,7 @@ scores are dropped.
 How a run works (:meth:`ScoringEngine.run`):
 
 - Examples arrive as a stream of ``(index, id, item)``; ``encode(item)`` turns an item into
-  an :class:`~igds_jax.tokenize.EncodedExample`. Consecutive examples are grouped into
+  an :class:`~train.tokenize.EncodedExample`. Consecutive examples are grouped into
   chunks of ``chunk_size``, and each chunk becomes one shard file with a completion marker
   (``igds_jax.shard_io``). Only one chunk is in memory at a time, so memory stays flat as
   the corpus grows.
@@ -40,12 +40,12 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from igds_jax import shard_io
-from igds_jax.sharding import data_axis_size, local_rows, put_batch, sharded_jit
-from igds_jax.tokenize import Batch, EncodedExample, bucket_lengths, pack_batches
+from models.sharding import data_axis_size, local_rows, put_batch, sharded_jit
+from train.tokenize import Batch, EncodedExample, bucket_lengths, pack_batches
 
 logger = logging.getLogger(__name__)
 
-# Batch arrays passed to the score function, with the dtypes igds_jax.tokenize gives them.
+# Batch arrays passed to the score function, with the dtypes train.tokenize gives them.
 BATCH_DTYPES = {
     "tokens_bt": np.int32,
     "attention_mask_bt": np.int32,

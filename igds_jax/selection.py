@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from igds_jax.records import DEFAULT_FIELDS, FieldNames, Record
+from train.records import DEFAULT_FIELDS, FieldNames, Record
 
 logger = logging.getLogger(__name__)
 

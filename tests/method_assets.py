@@ -40,8 +40,8 @@ def load_tiny_model(directory: Path):
 
 def encode_rows(tokenizer, rows: list[dict], max_tokens: int = 64, **split_kwargs):
     """Encode rows with the plain-text template (prompt, newline, response, optional EOS)."""
-    from igds_jax.records import Record
-    from igds_jax.tokenize import encode_records
+    from train.records import Record
+    from train.tokenize import encode_records
 
     records = [Record(r["id"], r["prompt"], r["response"]) for r in rows]
     examples, _ = encode_records(tokenizer, records, max_tokens=max_tokens, **split_kwargs)

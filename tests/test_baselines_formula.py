@@ -20,8 +20,8 @@ from igds_jax.baselines import (
     zip_select,
 )
 from igds_jax.baselines.zip import _Prefix, member_bytes
-from igds_jax.records import Record
 from igds_jax.selection import select_top
+from train.records import Record
 
 # ---------------------------------------------------------------------------- Random
 

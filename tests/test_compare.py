@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from igds_jax.cli import main as igds_main
-from igds_jax.config_io import to_dict
 from tests.train_assets import make_tiny_run, tiny_config
+from train.config_io import to_dict
 
 
 def test_compare_table(tmp_path):

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from igds_jax.config_io import load_config
+from train.config_io import load_config
 
 
 @dataclass

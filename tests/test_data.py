@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from igds_jax.data import load_records
-from igds_jax.records import FieldNames, RecordError
+from train.record_files import load_records
+from train.records import FieldNames, RecordError
 
 DATA = Path(__file__).parent / "data"
 MALFORMED_JSONL = DATA / "malformed.jsonl"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from igds_jax.cli import main as igds_main
-from igds_jax.config_io import to_dict
 from models.loading import load_model
 from tests.train_assets import make_tiny_run, tiny_config
+from train.config_io import to_dict
 from train.data import read_records
 from train.evaluate import evaluate_model
 from train.loop import run_finetune

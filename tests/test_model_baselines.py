@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from igds_jax.model_baselines import ifd_losses, mean_response_losses, response_alone
-from igds_jax.tokenize import encode_response_alone
 from tests import method_assets as assets
+from train.tokenize import encode_response_alone
 
 ROWS = assets.pool_rows(7) + assets.task_rows(3)
 

@@ -15,11 +15,11 @@ from igds_jax.corpus_stream import stream_records
 from igds_jax.score_fns import frs_params, frs_score_fn
 from igds_jax.scoring_engine import ScoringConfig, ScoringEngine
 from igds_jax.selection import select_top
-from igds_jax.sharding import make_mesh, make_placer
-from igds_jax.tokenize import encode_example
 from models.loading import load_model
+from models.sharding import make_mesh, make_placer
 from sae import load_sae
 from tests import scale_assets as sa
+from train.tokenize import encode_example
 
 ENV_NAMES = (
     distributed.ENV_COORDINATOR,
@@ -167,7 +167,7 @@ GLOBAL_MESH = """
 import json, sys
 import jax, numpy as np
 from igds_jax import distributed
-from igds_jax.sharding import local_rows, make_mesh, put_batch, replicate, sharded_jit
+from models.sharding import local_rows, make_mesh, put_batch, replicate, sharded_jit
 
 process_id, coordinator, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 info = distributed.initialize(coordinator, 2, process_id)

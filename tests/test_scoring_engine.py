@@ -17,11 +17,11 @@ from igds_jax import shard_io
 from igds_jax.corpus_stream import stream_records
 from igds_jax.score_fns import frs_params, frs_score_fn
 from igds_jax.scoring_engine import ScoringConfig, ScoringEngine
-from igds_jax.sharding import make_mesh, make_placer
-from igds_jax.tokenize import encode_example
 from models.loading import load_model
+from models.sharding import make_mesh, make_placer
 from sae import load_sae
 from tests import scale_assets as sa
+from train.tokenize import encode_example
 
 CONFIG = ScoringConfig(chunk_size=16, tokens_per_batch=256, max_tokens=64, bucket_multiple=16)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from igds_jax.data import load_records
-from igds_jax.records import FieldNames, Record
 from igds_jax.selection import rank_order, select_top, selection_rows, write_selection
+from train.record_files import load_records
+from train.records import FieldNames, Record
 
 
 def reference_order(ids, scores):

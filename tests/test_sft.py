@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 from igds_jax.cli import main as igds_main
-from igds_jax.config_io import to_dict
 from models.loading import abstract_model, load_model
 from models.transformer import forward
 from tests.train_assets import make_tiny_run, tiny_config
 from train.batching import StepSchedule
 from train.config import OptimConfig
+from train.config_io import to_dict
 from train.data import encode, read_records
 from train.evaluate import heldout_loss
 from train.loop import run_finetune

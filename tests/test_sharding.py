@@ -13,12 +13,12 @@ from igds_jax import tiny_method
 from igds_jax.score_fns import frs_params, frs_score_fn
 from igds_jax.scoring_engine import ScoringConfig, ScoringEngine
 from igds_jax.selection import select_top
-from igds_jax.sharding import make_mesh, make_placer, param_partition_spec
-from igds_jax.tokenize import encode_example
 from models.config import ModelConfig
 from models.loading import load_model
+from models.sharding import make_mesh, make_placer, param_partition_spec
 from sae import load_sae
 from tests import scale_assets as sa
+from train.tokenize import encode_example
 
 
 def test_default_mesh_is_data_parallel():
@@ -85,8 +85,8 @@ import jax, numpy as np
 from flax import nnx
 from igds_jax.score_fns import frs_params, frs_score_fn
 from igds_jax.scoring_engine import ScoringConfig, ScoringEngine
-from igds_jax.sharding import make_mesh, make_placer, put_batch
-from igds_jax.tokenize import encode_example
+from models.sharding import make_mesh, make_placer, put_batch
+from train.tokenize import encode_example
 from models.loading import load_model
 from sae import load_sae
 

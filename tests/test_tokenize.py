@@ -7,7 +7,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from igds_jax.tokenize import (
+from train.tokenize import (
     EncodedExample,
     TokenizeReport,
     bucket_lengths,

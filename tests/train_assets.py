@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from igds_jax.config_io import apply_overrides, from_dict
 from train.config import FinetuneConfig
+from train.config_io import apply_overrides, from_dict
 from train.tiny import write_tiny_run
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from igds_jax.tokenize import EncodedExample, bucket_lengths, pack_batches
+from train.tokenize import EncodedExample, bucket_lengths, pack_batches
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from igds_jax.config_io import save_resolved
 from models.loading import LoadedModel, abstract_model, load_model, resolve_dtype
 from train.config import FinetuneConfig, validate
+from train.config_io import save_resolved
 from train.evaluate import evaluate_model
 from train.loop import run_finetune
 from train.params import unflatten_state

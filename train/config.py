@@ -85,7 +85,7 @@ class LoopConfig:
     resume: bool = True  # continue from the newest checkpoint in out_dir when there is one
     mesh_data: int = -1  # 'data' axis size; -1: all devices / mesh_model, else the first ones
     mesh_model: int = 1  # devices on the 'model' axis
-    param_sharding: str = "replicated"  # replicated | model (igds_jax.sharding's split rules)
+    param_sharding: str = "replicated"  # replicated | model (models.sharding's split rules)
     progress: bool = True  # show a tqdm progress bar
 
 

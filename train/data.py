@@ -6,15 +6,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from igds_jax.data import load_records
-from igds_jax.records import FieldNames, Record
-from igds_jax.tokenize import (
+from train.config import DataConfig
+from train.record_files import load_records
+from train.records import FieldNames, Record
+from train.tokenize import (
     EncodedExample,
     encode_records,
     split_prompt_response,
     truncate_split,
 )
-from train.config import DataConfig
 
 logger = logging.getLogger(__name__)
 

@@ -26,13 +26,13 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from igds_jax.records import Record
 from models.config import ModelConfig
 from models.generate import generate
 from train import metrics as metric_fns
 from train.batching import eval_batches
 from train.config import FinetuneConfig
 from train.data import encode, encode_prompts, pad_id, read_records
+from train.records import Record
 from train.sft import response_loss_sum
 
 logger = logging.getLogger(__name__)

@@ -31,13 +31,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from igds_jax.config_io import save_resolved
-from igds_jax.sharding import make_mesh, param_sharding, put_batch
 from models.loading import LoadedModel, abstract_model, load_model, resolve_dtype
+from models.sharding import make_mesh, param_sharding, put_batch
 from train import plots
 from train.batching import StepSchedule, eval_batches
 from train.checkpoint import Checkpointer, check_fingerprint
 from train.config import FinetuneConfig, validate
+from train.config_io import save_resolved
 from train.data import encode, pad_id, read_records
 from train.evaluate import evaluate_model
 from train.export import export_hf, source_hf_config

@@ -6,7 +6,7 @@ Instruction-Following Difficulty of an example is
 
 where ``s(response | prompt)`` is the mean cross-entropy of the response tokens with the
 prompt as context and ``s(response)`` the mean cross-entropy of the same response tokens with
-no prompt (``igds_jax.tokenize.encode_response_alone``). IFD > 1 means the prompt does not
+no prompt (``train.tokenize.encode_response_alone``). IFD > 1 means the prompt does not
 help predict the response, so those examples are dropped; among the rest the highest IFD is
 kept. The model code computes the losses; this module contains only the formula,
 with the loss alignment convention of ``loss.py``.

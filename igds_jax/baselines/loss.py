@@ -6,7 +6,7 @@ the model code; this module contains only the formula.
 Loss alignment convention used here and in ``ifd.py``: ``token_loss_bt[b, t]`` is the
 cross-entropy of token ``t`` given tokens ``< t`` (so position 0 carries no loss), and the
 mask marks the target tokens that count, e.g. ``response_mask_bt`` from
-``igds_jax.tokenize``.
+``train.tokenize``.
 """
 
 from __future__ import annotations

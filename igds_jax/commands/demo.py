@@ -41,9 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from igds_jax.config_io import load_config
     from igds_jax.demo import run_demo
     from igds_jax.demo_config import DEFAULT_CONFIG, DemoConfig
+    from train.config_io import load_config
 
     path = args.config
     if path is None and DEFAULT_CONFIG.is_file():

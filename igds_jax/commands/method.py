@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from igds_jax import baseline_runs, pipeline, report, run_context, run_files
-    from igds_jax.config_io import load_config
     from igds_jax.method_config import MethodConfig
+    from train.config_io import load_config
 
     cfg = load_config(MethodConfig, args.config, args.overrides)
     if args.strict:

@@ -141,11 +141,11 @@ def run_score_shard(args: argparse.Namespace) -> int:
 
     from igds_jax import shard_io
     from igds_jax.corpus_stream import corpus_fingerprint, stream_records
-    from igds_jax.records import FieldNames
     from igds_jax.scoring_engine import ScoringConfig, ScoringEngine
-    from igds_jax.sharding import make_mesh, make_placer
-    from igds_jax.tokenize import encode_example
     from models.loading import load_model
+    from models.sharding import make_mesh, make_placer
+    from train.records import FieldNames
+    from train.tokenize import encode_example
 
     start = time.perf_counter()
     mesh = make_mesh(parse_mesh(args.mesh), devices=jax.local_devices())

@@ -53,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from igds_jax.config_io import load_config
     from train.config import FinetuneConfig
+    from train.config_io import load_config
 
     return load_config(FinetuneConfig, args.config, args.overrides)
 
@@ -73,9 +73,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from igds_jax.config_io import save_resolved
     from models.loading import load_model, resolve_dtype
     from train.config import validate
+    from train.config_io import save_resolved
     from train.evaluate import evaluate_model
 
     cfg = _load(args)

@@ -14,7 +14,7 @@
 
 Text files may be compressed (``.gz`` or ``.zst`` after the type suffix). Bytes that are not
 valid UTF-8 affect only the rows that contain them; those rows are skipped as
-``invalid_utf8``. Row validation and the id rule are described in ``igds_jax.records``.
+``invalid_utf8``. Row validation and the id rule are described in ``train.records``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from igds_jax.records import (
+from train.records import (
     DEFAULT_FIELDS,
     AutoId,
     BadReason,
@@ -211,6 +211,26 @@ def _read_hf(path: Path, validator: RecordValidator, split: str | None) -> Itera
                 yield record
 
 
+def iter_records(
+    path: Path, validator: RecordValidator, fmt: Format, split: str | None = None
+) -> Iterator[Record]:
+    """Yield the valid records of ``path`` in file order, read lazily with ``fmt``.
+
+    JSONL, CSV, Parquet and saved datasets are read row by row; a ``.json`` array is
+    parsed whole. Skipped rows are counted in ``validator.report``.
+    """
+    readers = {
+        "jsonl": lambda: _read_jsonl(path, validator),
+        "json": lambda: _read_json(path, validator),
+        "csv": lambda: _read_csv(path, validator),
+        "parquet": lambda: _read_parquet(path, validator),
+        "hf": lambda: _read_hf(path, validator, split),
+    }
+    if fmt not in readers:
+        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(readers)}")
+    return readers[fmt]()
+
+
 def load_records(
     path: str | Path,
     *,
@@ -230,10 +250,10 @@ def load_records(
       format: reader to use; inferred from the suffix when None.
       max_chars: rows whose prompt or response has more characters are skipped
         (``too_long``); None disables the check. Token-level truncation happens later, in
-        ``igds_jax.tokenize``.
+        ``train.tokenize``.
       strict: raise ``RecordError`` (naming the file, line or record index, and reason) on
         the first bad row instead of skipping it.
-      auto_id: how ids are generated for rows without one (see ``igds_jax.records``).
+      auto_id: how ids are generated for rows without one (see ``train.records``).
       split: split of a ``DatasetDict`` (format "hf" only).
       max_examples_per_reason: how many skipped rows per reason the report keeps and logs.
 
@@ -257,18 +277,7 @@ def load_records(
         auto_id=auto_id,
         max_examples_per_reason=max_examples_per_reason,
     )
-    if fmt == "jsonl":
-        rows = _read_jsonl(path, validator)
-    elif fmt == "json":
-        rows = _read_json(path, validator)
-    elif fmt == "csv":
-        rows = _read_csv(path, validator)
-    elif fmt == "parquet":
-        rows = _read_parquet(path, validator)
-    elif fmt == "hf":
-        rows = _read_hf(path, validator, split)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; use one of json, jsonl, csv, parquet, hf")
+    rows = iter_records(path, validator, fmt, split)
     records = list(rows)
 
     report = validator.report
