@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from tests.train_assets import make_tiny_run, tiny_config
 from train.config_io import to_dict
 
 
-def test_compare_table(tmp_path):
+def test_compare_table(tmp_path, capsys):
     root = make_tiny_run(tmp_path / "tiny")
     lines = (root / "train.jsonl").read_text().splitlines()
     (tmp_path / "first.jsonl").write_text("\n".join(lines[:32]) + "\n")
@@ -61,3 +62,14 @@ def test_compare_table(tmp_path):
     before = (out / "first" / "run.json").stat().st_mtime
     assert igds_main(["compare", str(path)]) == 0
     assert (out / "first" / "run.json").stat().st_mtime == before
+
+    # A finished run whose training file changed is not reused silently.
+    first = tmp_path / "first.jsonl"
+    assert json.loads((out / "first" / "run.json").read_text())["train_sha256"] == (
+        hashlib.sha256(first.read_bytes()).hexdigest()
+    )
+    first.write_text("\n".join(lines[1:33]) + "\n")
+    capsys.readouterr()
+    assert igds_main(["compare", str(path)]) != 0
+    err = capsys.readouterr().err
+    assert "run 'first'" in err and "was trained on a different" in err

@@ -11,7 +11,8 @@ for half as many steps as the full pool. Set ``loop.max_steps`` to give every ru
 number of steps instead.
 
 Outputs in ``out_dir``: one run directory per method (a finished one, with ``eval/eval.json``,
-is reused on a rerun, and an unfinished one resumes from its checkpoint), ``results.json``
+is reused on a rerun if its training file is unchanged, and an unfinished one resumes from
+its checkpoint), ``results.json``
 and ``results.md``. The table has one row per method and one column per metric, then one
 column per metric with the relative change against the full-pool run, ``100 * (value -
 full) / |full|`` percent. For ``eval_loss`` lower is better, so a negative change is a gain.
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from models.loading import LoadedModel, abstract_model, load_model, resolve_dtype
+from train.checkpoint import data_sha256
 from train.config import FinetuneConfig, validate
 from train.config_io import save_resolved
 from train.evaluate import evaluate_model
@@ -122,6 +124,7 @@ def run_compare(cfg: FinetuneConfig) -> dict[str, Any]:
         run_dir = out_dir / name
         done = run_dir / "eval" / "eval.json"
         if done.exists():
+            _check_same_data(name, path, run_dir)
             logger.info("compare: %s is already scored in %s; reusing it", name, done)
             rows[name] = json.loads(done.read_text())
         else:
@@ -151,6 +154,27 @@ def run_compare(cfg: FinetuneConfig) -> dict[str, Any]:
     (out_dir / "results.md").write_text(render_markdown(metrics, table, cfg.compare.full_name))
     logger.info("compare: wrote %s and %s", out_dir / "results.md", out_dir / "results.json")
     return report
+
+
+def _check_same_data(name: str, path: str, run_dir: Path) -> None:
+    """Raise ValueError when a finished run was trained on other data than ``path`` now holds."""
+    info_path = run_dir / "run.json"
+    saved = json.loads(info_path.read_text()).get("train_sha256") if info_path.exists() else None
+    if saved is None:
+        logger.warning(
+            "compare: %s has no training-data checksum in %s (written by an older version); "
+            "reusing it without checking that %s is unchanged",
+            name,
+            info_path,
+            path,
+        )
+        return
+    if saved != data_sha256(path):
+        raise ValueError(
+            f"compare: run {name!r} in {run_dir} was trained on a different {path} "
+            f"(sha256 {saved[:12]}... then, {data_sha256(path)[:12]}... now); delete {run_dir} "
+            "to retrain it, or use a new out_dir"
+        )
 
 
 def _state(model: LoadedModel, params: Mapping[str, Any]) -> Any:

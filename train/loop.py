@@ -35,7 +35,7 @@ from models.loading import LoadedModel, abstract_model, load_model, resolve_dtyp
 from models.sharding import make_mesh, param_sharding, put_batch
 from train import plots
 from train.batching import StepSchedule, eval_batches
-from train.checkpoint import Checkpointer, check_fingerprint
+from train.checkpoint import Checkpointer, check_fingerprint, data_sha256
 from train.config import FinetuneConfig, validate
 from train.config_io import save_resolved
 from train.data import encode, pad_id, read_records
@@ -233,6 +233,7 @@ def run_finetune(
     fingerprint = {
         "model": cfg.model,
         "train": data.train,
+        "train_sha256": data_sha256(data.train),
         "num_examples": len(examples),
         "steps_per_epoch": schedule.steps_per_epoch,
         "total_steps": total_steps,
@@ -379,6 +380,7 @@ def run_finetune(
         "total_steps": total_steps,
         "steps_per_epoch": schedule.steps_per_epoch,
         "num_examples": len(examples),
+        "train_sha256": fingerprint["train_sha256"],
         "tokens_seen": tokens_seen,
         "trainable_parameters": n_trainable,
         "timings": timings,
