@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     # JAX logs a failed TPU probe at INFO on every CPU-only start.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    # orbax logs every checkpoint manager option at INFO through absl; keep its warnings.
+    if args.log_level != "DEBUG":
+        logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

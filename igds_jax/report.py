@@ -144,16 +144,26 @@ def _features_section(run_dir: Path, summary: dict[str, Any], cfg: dict) -> list
         lines += ["![recall scores](plots/frequency.png)", ""]
     if rows and rows[0].get("delta") is not None:
         min_delta = float(cfg.get("causal", {}).get("min_delta", 0.0))
+        metric = ident.get("causal_metric")
         plot_deltas(rows, min_delta, plots / "deltas.png")
         lines += [
-            f"Causal metric: {ident.get('causal_metric')}, base value "
-            f"{_cell(ident.get('base_metric'))}.",
+            f"Causal metric: {metric}, base value {_cell(ident.get('base_metric'))}. "
+            f"{_DELTA_MEANING.get(metric, '')}A candidate is kept when its delta is above "
+            f"{min_delta:g}.",
             "",
             "![causal deltas](plots/deltas.png)",
             "",
         ]
     table = [[r["id"], r["frequency"], r["recall_score"], r["delta"], r["kept"]] for r in rows]
     return lines + _table(["feature", "frequency", "recall score", "delta", "kept"], table)
+
+
+_DELTA_MEANING = {
+    "loss": "Delta is the base loss minus the loss with the feature amplified, so a positive "
+    "delta means the edit lowered the dev loss. ",
+    "accuracy": "Delta is the accuracy with the feature amplified minus the base accuracy, so "
+    "a positive delta means the edit helped. ",
+}
 
 
 def _selection_section(run_dir: Path, summary: dict[str, Any]) -> list[str]:
@@ -192,6 +202,12 @@ def _selection_section(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         if not lines:
             lines = ["## Selection", ""]
         lines += _table(["method", "pool", "selected", "ineligible", "files"], methods)
+        lines += [
+            "",
+            "Ineligible examples have no finite score (score -inf, null in `scores.jsonl`): "
+            "IFD above `max_ifd`, or for ZIP every example its greedy search did not pick "
+            "(ZIP ranks by selection order, not by a per-example score).",
+        ]
     return lines
 
 

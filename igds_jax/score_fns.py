@@ -1,6 +1,6 @@
 """Per-batch score functions in the scoring engine's ``score_fn(params, batch)`` form.
 
-:func:`frs_score_fn` wraps ``igds_jax.frs.frs_batch`` (the Feature Resonance Score of each
+:func:`frs_score_fn` wraps ``igds_jax.frs.frs_batch`` (the Feature-Resonant Score of each
 row: the model runs only up to the SAE's hook, the SAE encodes only the chosen features,
 and the summed activations are aggregated over the counted tokens). Counted tokens are
 every real token except a leading BOS (``tokens="all"``) or the response tokens only.

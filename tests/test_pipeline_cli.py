@@ -127,6 +127,10 @@ def test_report_mentions_each_part(full_run):
     report = (full_run / "report.md").read_text()
     for text in ("## Data", "## Features", "plots/deltas.png", "## Timings", "| zip |"):
         assert text in report
+    # the report says what a delta's sign and an ineligible count mean
+    assert "a positive delta means the edit lowered the dev loss" in report
+    assert "kept when its delta is above 0." in report
+    assert "Ineligible examples have no finite score" in report
 
 
 def test_steps_one_by_one_match_run(inputs, full_run, tmp_path):

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score-shard",
         help="score a pool with FRS or Loss into resumable shard files (one process of a run)",
-        description="Score this process's share of a pool with the Feature Resonance Score "
+        description="Score this process's share of a pool with the Feature-Resonant Score "
         "(or the Loss baseline) and write resumable shard files. With several processes, "
         "start one per host with the same arguments and its own --process-id.",
     )
