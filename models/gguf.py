@@ -3,7 +3,7 @@
 Quantized tensors are dequantized to float32 one at a time, then cast to the requested
 dtype. llama.cpp's converter permutes the rows of Llama-family Q and K projections to suit
 its RoPE kernel; they are permuted back here so the HF-layout key table applies. The
-tokenizer is the one embedded in the file, built by transformers.
+tokenizer is the one embedded in the file (``models.gguf_tokenizer``, no PyTorch needed).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 
 from models import llama
 from models.config import ModelConfig, RopeConfig
+from models.gguf_tokenizer import gguf_tokenizer
 from models.registry import UnknownArchitectureError
 from models.weights import WeightLoadError, fill_state
 
@@ -173,12 +174,5 @@ def load_gguf(
         source=str(path),
         place=place,
     )
-    tokenizer = gguf_tokenizer(path) if load_tokenizer else None
+    tokenizer = gguf_tokenizer(path, reader) if load_tokenizer else None
     return LoadedModel(graphdef, state, cfg, tokenizer, str(path))
-
-
-def gguf_tokenizer(path: Path):
-    """The tokenizer embedded in a GGUF file, as a transformers fast tokenizer."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -9,6 +9,8 @@ the math share of each selection and the report.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +82,14 @@ def runs(tmp_path_factory):
     texts = ["Question: How many apples? Answer: 3 + 4 = 7\n#### 7", "user assistant system"]
     model = write_tiny_model(root / "model", texts * 4)
     first, second = root / "first", root / "second"
-    for out in (first, second):
-        assert main(demo_args(model, cache, out)) == 0
+    # The first run (it trains the SAE) runs without torch, a test-only dependency.
+    script = (
+        "import sys; sys.modules['torch'] = None; from igds_jax.cli import main; "
+        f"sys.exit(main({demo_args(model, cache, first)!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert main(demo_args(model, cache, second)) == 0
     return first, second, cache
 
 

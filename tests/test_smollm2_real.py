@@ -79,3 +79,57 @@ def test_answers_a_chat_prompt_sensibly(ours):
     answer = tok.decode(out.tokens[0][: out.lengths[0]], skip_special_tokens=True)
     assert "Paris" in answer, answer
     assert out.finished[0], "the model should end its short answer with <|im_end|>"
+
+
+def test_tokenizer_matches_transformers_gguf_load(gguf_path, ours):
+    from transformers import AutoTokenizer
+
+    ref = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tok = ours.tokenizer
+    texts = [
+        TEXT,
+        "  two leading spaces\n\nand blank lines\tand a tab",
+        "Ünïcödé ☃ 日本語 and emoji 🙂",
+        "<|im_start|>user\nWhat is 3*300?<|im_end|>",
+        "She paid $3.50 for 12 eggs. <<12*3.5=42>>42 #### 42",
+        "",
+    ]
+    for text in texts:
+        ids = ref(text)["input_ids"]
+        assert tok(text)["input_ids"] == ids, text
+        assert tok.decode(ids) == ref.decode(ids)
+    messages = [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "2 + 2 = 4"},
+    ]
+    assert tok.apply_chat_template(messages, tokenize=False) == ref.apply_chat_template(
+        messages, tokenize=False
+    )
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        assert getattr(tok, name) == getattr(ref, name), name
+    assert len(tok) == len(ref)
+
+
+def test_loads_without_torch(gguf_path, tmp_path):
+    # torch is a test-only dependency: the model and its tokenizer must load without it
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["torch"] = None  # any import of torch now raises ImportError
+        from models.loading import load_model
+        model = load_model({str(gguf_path)!r})
+        print(model.tokenizer("Hello world 123")["input_ids"])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    from transformers import AutoTokenizer
+
+    ref = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    assert out.stdout.strip().splitlines()[-1] == str(ref("Hello world 123")["input_ids"])
