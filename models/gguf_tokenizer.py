@@ -90,7 +90,7 @@ def tokenizer_from_metadata(metadata: dict[str, Any]) -> Any:
 
 
 def gguf_tokenizer(path: str | Path, reader: Any = None) -> Any:
-    """Build the tokenizer embedded in the GGUF file at ``path`` (``reader``: an open GGUFReader)."""
+    """Build the tokenizer embedded in the GGUF file at ``path`` (``reader``: its GGUFReader)."""
     if reader is None:
         import gguf
 
