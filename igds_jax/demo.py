@@ -234,7 +234,12 @@ def demo_sections(cfg: DemoConfig, run: Any, data_info: dict, sae_info: dict) ->
     lines += _table(
         ["method", "selected", f"{task} records", f"{task} share"],
         [
-            [s["method"], s["selected"], s["task_records"], f"{100 * s['task_share']:.1f} %"]
+            [
+                "igds (FRS)" if s["method"] == "igds" else s["method"],
+                s["selected"],
+                s["task_records"],
+                f"{100 * s['task_share']:.1f} %",
+            ]
             for s in shares
         ],
     )
@@ -286,13 +291,14 @@ def _feature_lines(described: list[dict], n_scored: int, fallback: bool) -> list
             "largest delta (shown below)."
         )
     else:
-        verdict = f"Features that passed causal validation: {n_scored}. The FRS sums them."
+        noun = "feature" if n_scored == 1 else "features"
+        verdict = f"{n_scored} {noun} passed causal validation, and the FRS sums their activations."
     lines = [
         "## Kept features and their top pool examples",
         "",
-        f"{verdict} Shown: {len(described)}, largest delta first. Each snippet is the text "
-        "around the token where the feature peaks (in [[ ]]), after the example's summed "
-        "activation in brackets.",
+        f"{verdict} The {len(described)} shown here are sorted by delta, largest first. Each "
+        "line gives an example's source, its summed activation of the feature in "
+        "parentheses, and the text around the token where the feature peaks (marked [[ ]]).",
         "",
     ]
     for row in described:

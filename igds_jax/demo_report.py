@@ -108,7 +108,7 @@ def plot_scores_by_source(scores_n: np.ndarray, labels: Sequence[str], path: Pat
     ax.set_yticks(range(1, len(names) + 1), [f"{k} ({len(groups[k])})" for k in names])
     ax.invert_yaxis()
     ax.set_xlabel("Feature-Resonant Score")
-    ax.set_title("FRS by record source (count in brackets)")
+    ax.set_title("FRS by record source (record count in parentheses)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -147,7 +147,9 @@ def _features_section(run_dir: Path, summary: dict[str, Any], cfg: dict) -> list
         metric = ident.get("causal_metric")
         plot_deltas(rows, min_delta, plots / "deltas.png")
         lines += [
-            f"Causal metric: {metric}, base value {_cell(ident.get('base_metric'))}. "
+            f"Causal metric: {metric} on {ident.get('num_dev_examples')} dev examples "
+            "(at most `causal.max_dev_examples`, a seeded choice), base value "
+            f"{_cell(ident.get('base_metric'))}. "
             f"{_DELTA_MEANING.get(metric, '')}A candidate is kept when its delta is above "
             f"{min_delta:g}.",
             "",
@@ -195,7 +197,7 @@ def _selection_section(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         ]
     methods = []
     if "select" in summary:
-        methods.append(["FRS", *_selection_counts(summary["select"])])
+        methods.append(["igds (FRS)", *_selection_counts(summary["select"])])
     for name, info in sorted(summary.get("baselines", {}).items()):
         methods.append([name, *_selection_counts(info)])
     if methods:
@@ -203,10 +205,10 @@ def _selection_section(run_dir: Path, summary: dict[str, Any]) -> list[str]:
             lines = ["## Selection", ""]
         lines += _table(["method", "pool", "selected", "ineligible", "files"], methods)
         lines += [
-            "",
             "Ineligible examples have no finite score (score -inf, null in `scores.jsonl`): "
             "IFD above `max_ifd`, or for ZIP every example its greedy search did not pick "
             "(ZIP ranks by selection order, not by a per-example score).",
+            "",
         ]
     return lines
 
@@ -241,7 +243,11 @@ def _timings_section(summary: dict[str, Any]) -> list[str]:
     rows = [[step, seconds, rates.get(step)] for step, seconds in timings.items()]
     if not rows:
         return []
-    return ["## Timings", ""] + _table(["step", "seconds", "real tokens/s"], rows)
+    note = (
+        "Real tokens/s counts the tokens of the examples, not the padding added to batch "
+        "them; compilation time is included."
+    )
+    return ["## Timings", ""] + _table(["step", "seconds", "real tokens/s"], rows) + [note, ""]
 
 
 def write_report(run_dir: str | Path) -> Path:

@@ -171,12 +171,13 @@ def test_math_share_per_method(runs):
         assert len(ids) == half
         expected = sum(pool[i]["meta"]["task"] == "math" for i in ids) / half
         assert shares[method] == pytest.approx(expected)
-        assert f"| {method} | {half} |" in (first / "report.md").read_text()
+        label = "igds (FRS)" if method == "igds" else method
+        assert f"| {label} | {half} |" in (first / "report.md").read_text()
 
 
 def test_feature_sums_within_frs(runs):
-    """The report's own pass never gives a feature more activation than the example's FRS,
-    which sums every scored feature."""
+    """A feature's summed activation in the report never exceeds the example's FRS, which
+    sums every scored feature."""
     first, _, _ = runs
     kept = [r for r in read_jsonl(first / "features.jsonl") if r["kept"]]
     described = read_jsonl(first / "feature_examples.jsonl")

@@ -130,6 +130,8 @@ def test_report_mentions_each_part(full_run):
     # the report says what a delta's sign and an ineligible count mean
     assert "a positive delta means the edit lowered the dev loss" in report
     assert "kept when its delta is above 0." in report
+    assert "Causal metric: loss on " in report
+    assert "Real tokens/s counts the tokens of the examples" in report
     assert "Ineligible examples have no finite score" in report
 
 
