@@ -15,8 +15,15 @@ STAMP="$VENV/.igds-installed-$1"
 if [ ! -f "$STAMP" ] || [ "$ROOT/setup.cfg" -nt "$STAMP" ]; then
     echo "[igds] installing igds-jax ($1) into $VENV"
     if [ "$1" = "test" ]; then
-        # torch is pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
-        "$VENV/bin/pip" install -q "torch==2.13.0"
+        # torch is only the tests' reference, pinned to 2.13.0. The pin fixes the version,
+        # not the build: PyPI's Linux x86_64 wheel depends on several GB of CUDA libraries.
+        # IGDS_TORCH_INDEX names a CPU-only index to take the CPU build from instead, e.g.
+        # https://download.pytorch.org/whl/cpu.
+        if [ -n "${IGDS_TORCH_INDEX:-}" ]; then
+            "$VENV/bin/pip" install -q "torch==2.13.0" --index-url "$IGDS_TORCH_INDEX"
+        else
+            "$VENV/bin/pip" install -q "torch==2.13.0"
+        fi
         "$VENV/bin/pip" install -q -e "$ROOT[test]"
     else
         "$VENV/bin/pip" install -q -e "$ROOT"
