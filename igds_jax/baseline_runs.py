@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def _conditioned_losses(run: Run, examples: list, kwargs: dict) -> np.ndarray:
-    """Mean response losses of the pool given its prompts, computed once per command."""
+    """Return the pool's mean response losses given its prompts, computed once per command."""
     if "pool_response_losses" not in run.memo:
         assets = run.assets()
         run.memo["pool_response_losses"] = mean_response_losses(

@@ -118,7 +118,7 @@ def _response_loss_sums(
 
 
 def residual_split(hook_name: str, n_layers: int) -> tuple[str, int] | None:
-    """Where a forward pass can be cut for edits at ``hook_name``.
+    """Return where a forward pass can be cut for edits at ``hook_name``.
 
     Returns ``(prefix_hook, start_layer)``: the residual that ``prefix_hook`` captures is
     the stream the edit applies to, and the rest of the model runs from ``start_layer``.

@@ -71,8 +71,8 @@ class Checkpointer:
 
 
 def data_sha256(path: str | Path) -> str:
-    """SHA-256 of a data file, or of every file under a saved-dataset directory (sorted by
-    relative path, each name and its bytes)."""
+    """Return the SHA-256 of a data file, or of every file under a saved-dataset directory
+    (sorted by relative path, each name and its bytes)."""
     path = Path(path)
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
