@@ -20,7 +20,6 @@ A lock file per asset serializes concurrent fetches from several processes on on
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -32,6 +31,8 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from train.record_files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -149,15 +150,6 @@ def manual_instructions(asset: Asset) -> str:
         f"DIR/{asset.filename} (sha256 {asset.sha256}) here, then set {ASSETS_DIR_ENV}=DIR "
         f"or pass dist_file=PATH_TO/{asset.filename}."
     )
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _verify(asset: Asset, path: Path) -> None:

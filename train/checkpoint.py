@@ -14,7 +14,6 @@ The frozen base weights of a LoRA run are not saved; they are reloaded from the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -68,21 +67,6 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def data_sha256(path: str | Path) -> str:
-    """Return the SHA-256 of a data file, or of every file under a saved-dataset directory
-    (sorted by relative path, each name and its bytes)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def check_fingerprint(meta: dict[str, Any], fingerprint: dict[str, Any], directory: Path) -> None:

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from models.loading import LoadedModel, abstract_model, load_model, resolve_dtype
-from train.checkpoint import data_sha256
 from train.config import FinetuneConfig, validate
 from train.config_io import save_resolved
 from train.evaluate import evaluate_model
 from train.loop import run_finetune
 from train.params import unflatten_state
+from train.record_files import data_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def run_compare(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def _check_same_data(name: str, path: str, run_dir: Path) -> None:
-    """Raise ValueError when a finished run was trained on other data than ``path`` now holds."""
+    """Raise ValueError when a finished run was trained on other data than ``path`` now contains."""
     info_path = run_dir / "run.json"
     saved = json.loads(info_path.read_text()).get("train_sha256") if info_path.exists() else None
     if saved is None:
@@ -169,10 +169,11 @@ def _check_same_data(name: str, path: str, run_dir: Path) -> None:
             path,
         )
         return
-    if saved != data_sha256(path):
+    current = data_sha256(path)
+    if saved != current:
         raise ValueError(
             f"compare: run {name!r} in {run_dir} was trained on a different {path} "
-            f"(sha256 {saved[:12]}... then, {data_sha256(path)[:12]}... now); delete {run_dir} "
+            f"(sha256 {saved[:12]}... then, {current[:12]}... now); delete {run_dir} "
             "to retrain it, or use a new out_dir"
         )
 

@@ -35,7 +35,7 @@ from models.loading import LoadedModel, abstract_model, load_model, resolve_dtyp
 from models.sharding import make_mesh, param_sharding, put_batch
 from train import plots
 from train.batching import StepSchedule, eval_batches
-from train.checkpoint import Checkpointer, check_fingerprint, data_sha256
+from train.checkpoint import Checkpointer, check_fingerprint
 from train.config import FinetuneConfig, validate
 from train.config_io import save_resolved
 from train.data import encode, pad_id, read_records
@@ -43,6 +43,7 @@ from train.evaluate import evaluate_model
 from train.export import export_hf, source_hf_config
 from train.lora import LoraSpec, init_lora, save_lora
 from train.params import Params, count_params, flatten_state, unflatten_state
+from train.record_files import data_sha256
 from train.sft import cached_step_functions, learning_rate_schedule, optimizer_key
 
 logger = logging.getLogger(__name__)

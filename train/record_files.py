@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import logging
@@ -49,6 +50,28 @@ _SUFFIX_FORMATS = {
     ".parquet": "parquet",
 }
 _COMPRESSED = (".gz", ".zst")
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_sha256(path: str | Path) -> str:
+    """Return the SHA-256 of a data file, or for a saved-dataset directory the SHA-256 of
+    each file's relative path and checksum, sorted by path."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    listing = "".join(
+        f"{file.relative_to(path)}\0{sha256_file(file)}\n"
+        for file in sorted(p for p in path.rglob("*") if p.is_file())
+    )
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def infer_format(path: Path) -> Format:
