@@ -44,7 +44,7 @@ AGGREGATES = ("sum", "mean", "max")
 
 @dataclass(frozen=True)
 class FeatureStats:
-    """Per example ``n`` and validated feature ``m``, over the scored tokens."""
+    """Activation summary per example ``n`` and validated feature ``m``, over the scored tokens."""
 
     feature_ids: np.ndarray  # [m] int64
     sums_nm: np.ndarray  # float64 summed activation
@@ -170,12 +170,14 @@ def frs_scores(
     )
     n, m = len(examples), len(ids_m)
     scores = np.zeros(n, np.float64)
-    stats = FeatureStats(
-        ids_m.astype(np.int64),
-        np.zeros((n, m), np.float64),
-        np.zeros((n, m), np.float64),
-        np.zeros((n, m), np.int64),
-    )
+    stats = None
+    if feature_stats:
+        stats = FeatureStats(
+            ids_m.astype(np.int64),
+            np.zeros((n, m), np.float64),
+            np.zeros((n, m), np.float64),
+            np.zeros((n, m), np.int64),
+        )
     for batch in progress(batches, "FRS"):
         out = frs_batch(
             graphdef,
@@ -193,13 +195,13 @@ def frs_scores(
         )
         real = batch.example_idx_b >= 0
         rows = batch.example_idx_b[real]
-        if not feature_stats:
+        if stats is None:
             scores[rows] = np.asarray(out, np.float64)[real]
             continue
         batch_scores, sums, peaks, cols = (np.asarray(a) for a in out)
         scores[rows] = batch_scores[real].astype(np.float64)
         stats.sums_nm[rows] = sums[real]
         stats.peaks_nm[rows] = peaks[real]
-        # column in the padded batch -> index in the example (positions skip left padding)
+        # Map the padded-batch column to the index in the example (positions skip left padding).
         stats.peak_pos_nm[rows] = np.take_along_axis(batch.positions_bt[real], cols[real], axis=1)
-    return (scores, stats) if feature_stats else scores
+    return scores if stats is None else (scores, stats)

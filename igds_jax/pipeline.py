@@ -219,7 +219,7 @@ def score(run: Run, kept: list[int] | None = None, feature_stats: bool = False) 
     examples = run.encoded("pool")
     tokens = sum(e.length for e in examples)
     with run.timed("score", "frs", tokens):
-        scores = frs_scores(
+        result = frs_scores(
             assets.graphdef,
             assets.state,
             assets.sae,
@@ -234,7 +234,9 @@ def score(run: Run, kept: list[int] | None = None, feature_stats: bool = False) 
             **run.batch_kwargs(),
         )
     if feature_stats:
-        scores, run.memo["frs_feature_stats"] = scores
+        scores, run.memo["frs_feature_stats"] = result
+    else:
+        scores = result
     run_files.write_scores(
         run.run_dir / "scores.jsonl", pool.ids, scores, [e.length for e in examples]
     )
