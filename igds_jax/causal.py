@@ -21,7 +21,7 @@ Batching: one compiled call evaluates many (candidate, example) pairs. A dev bat
 rows is repeated for ``G`` candidates, and ``sae.make_feature_intervention`` reads a
 per-row feature id and strength, so row ``g * R + r`` is example ``r`` with candidate ``g``
 edited. The unedited base run is entry 0 of the same call: amplifying by 1 or steering by 0
-leaves the activation unchanged. The loss needs logits, so every layer runs; when the SAE
+leaves the activation unchanged. The loss needs logits, so every layer runs. When the SAE
 reads the residual stream (``hook_resid_post`` or ``hook_resid_pre``), the blocks before
 the hook are the same for every candidate, so they run once per dev batch and only the
 rest of the model runs per candidate (``models.transformer.forward_from``).
@@ -91,7 +91,18 @@ def edit_strength(mode: str, alpha: float, steer_coef: float) -> float:
     return alpha if mode == "amplify" else steer_coef
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "intervention", "hook_name"))
+def _tile(x: jax.Array, times: int) -> jax.Array:
+    """Repeat a batch ``times`` times along its first axis (entry-major rows)."""
+    return jnp.tile(x, (times,) + (1,) * (x.ndim - 1))
+
+
+def _response_loss_sum_rows(logits_btv, tokens_bt, response_mask_bt) -> jax.Array:
+    """Return each row's summed cross-entropy over its response tokens, ``[B]``."""
+    loss_bt = token_losses(logits_btv, tokens_bt)
+    return jnp.sum(jnp.where(response_mask_bt, loss_bt, 0.0), axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "intervention", "hook_name", "times"))
 def _response_loss_sums(
     graphdef,
     state,
@@ -103,18 +114,19 @@ def _response_loss_sums(
     *,
     intervention,
     hook_name,
+    times,
 ):
+    tokens_bt = _tile(tokens_bt, times)
     logits_btv, _ = forward(
         graphdef,
         state,
         tokens_bt,
-        attention_mask_bt,
+        _tile(attention_mask_bt, times),
         interventions={hook_name: intervention},
         intervention_params={hook_name: edit},
-        positions_bt=positions_bt,
+        positions_bt=_tile(positions_bt, times),
     )
-    loss_bt = token_losses(logits_btv, tokens_bt)
-    return jnp.sum(jnp.where(response_mask_bt, loss_bt, 0.0), axis=1)
+    return _response_loss_sum_rows(logits_btv, tokens_bt, _tile(response_mask_bt, times))
 
 
 def residual_split(hook_name: str, n_layers: int) -> tuple[str, int] | None:
@@ -163,16 +175,17 @@ def _suffix_loss_sums(
     start_layer,
     times,
 ):
-    def tile(x):
-        return jnp.tile(x, (times,) + (1,) * (x.ndim - 1))
-
-    tokens_bt, attention_mask_bt = tile(tokens_bt), tile(attention_mask_bt)
-    x_btd = intervention(tile(resid_btd), attention_mask_bt, edit)
+    tokens_bt, attention_mask_bt = _tile(tokens_bt, times), _tile(attention_mask_bt, times)
+    x_btd = intervention(_tile(resid_btd, times), attention_mask_bt, edit)
     logits_btv, _ = forward_from(
-        graphdef, state, x_btd, start_layer, attention_mask_bt, positions_bt=tile(positions_bt)
+        graphdef,
+        state,
+        x_btd,
+        start_layer,
+        attention_mask_bt,
+        positions_bt=_tile(positions_bt, times),
     )
-    loss_bt = token_losses(logits_btv, tokens_bt)
-    return jnp.sum(jnp.where(tile(response_mask_bt), loss_bt, 0.0), axis=1)
+    return _response_loss_sum_rows(logits_btv, tokens_bt, _tile(response_mask_bt, times))
 
 
 def entry_groups(num_entries: int, group_size: int) -> list[tuple[np.ndarray, int]]:
@@ -186,10 +199,6 @@ def entry_groups(num_entries: int, group_size: int) -> list[tuple[np.ndarray, in
         chunk = np.arange(start, min(start + group_size, num_entries))
         groups.append((np.pad(chunk, (0, group_size - len(chunk))), len(chunk)))
     return groups
-
-
-def _tile(x_bt: np.ndarray, times: int) -> np.ndarray:
-    return np.tile(x_bt, (times,) + (1,) * (x_bt.ndim - 1))
 
 
 def candidate_losses(
@@ -266,13 +275,14 @@ def candidate_losses(
                     row_sums = _response_loss_sums(
                         graphdef,
                         state,
-                        _tile(batch.tokens_bt, len(group)),
-                        _tile(batch.attention_mask_bt, len(group)),
-                        _tile(batch.response_mask_bt, len(group)),
-                        _tile(batch.positions_bt, len(group)),
+                        batch.tokens_bt,
+                        batch.attention_mask_bt,
+                        batch.response_mask_bt,
+                        batch.positions_bt,
                         edit,
                         intervention=intervention,
                         hook_name=hook_name,
+                        times=len(group),
                     )
                 per_entry = np.asarray(row_sums, np.float64).reshape(len(group), rows).sum(1)
                 sums[group[:num_valid]] += per_entry[:num_valid]
