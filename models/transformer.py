@@ -159,6 +159,17 @@ def check_hooks(cfg: ModelConfig, names: Iterable[str], stop_at_layer: int | Non
             )
 
 
+def _call_args(cfg, capture, interventions, stop_at_layer, attention_mask_bt, positions_bt):
+    """Check the hooks and return the static hook arguments, the int32 mask and positions."""
+    capture = tuple(sorted(set(capture)))
+    frozen = _freeze_interventions(interventions)
+    check_hooks(cfg, list(capture) + [name for name, _ in frozen], stop_at_layer)
+    attention_mask_bt = jnp.asarray(attention_mask_bt, jnp.int32)
+    if positions_bt is None:
+        positions_bt = default_positions(attention_mask_bt)
+    return capture, frozen, attention_mask_bt, jnp.asarray(positions_bt, jnp.int32)
+
+
 @functools.partial(
     jax.jit, static_argnames=("graphdef", "capture", "interventions", "stop_at_layer")
 )
@@ -202,21 +213,18 @@ def forward(
     Logits are float32 whatever the parameter dtype.
     """
     cfg = graphdef_config(graphdef, state)
-    capture = tuple(sorted(set(capture)))
-    frozen = _freeze_interventions(interventions)
-    check_hooks(cfg, list(capture) + [name for name, _ in frozen], stop_at_layer)
     tokens_bt = jnp.asarray(tokens_bt, jnp.int32)
     if attention_mask_bt is None:
         attention_mask_bt = jnp.ones_like(tokens_bt)
-    attention_mask_bt = jnp.asarray(attention_mask_bt, jnp.int32)
-    if positions_bt is None:
-        positions_bt = default_positions(attention_mask_bt)
+    capture, frozen, attention_mask_bt, positions_bt = _call_args(
+        cfg, capture, interventions, stop_at_layer, attention_mask_bt, positions_bt
+    )
     return _forward(
         graphdef,
         state,
         tokens_bt,
         attention_mask_bt,
-        jnp.asarray(positions_bt, jnp.int32),
+        positions_bt,
         dict(intervention_params or {}),
         capture=capture,
         interventions=frozen,
@@ -247,9 +255,9 @@ def forward_from(
     cfg = graphdef_config(graphdef, state)
     if not 0 <= start_layer <= cfg.n_layers:
         raise ValueError(f"start_layer={start_layer} is outside 0..{cfg.n_layers}")
-    capture = tuple(sorted(set(capture)))
-    frozen = _freeze_interventions(interventions)
-    check_hooks(cfg, list(capture) + [name for name, _ in frozen], None)
+    capture, frozen, attention_mask_bt, positions_bt = _call_args(
+        cfg, capture, interventions, None, attention_mask_bt, positions_bt
+    )
     for name in list(capture) + [name for name, _ in frozen]:
         layer, _ = parse_hook_name(name, cfg.n_layers)
         if layer is None or layer < start_layer:
@@ -257,15 +265,12 @@ def forward_from(
                 f"hook {name!r} comes before start_layer={start_layer}; apply it to the "
                 "prefix instead"
             )
-    attention_mask_bt = jnp.asarray(attention_mask_bt, jnp.int32)
-    if positions_bt is None:
-        positions_bt = default_positions(attention_mask_bt)
     return _forward_from(
         graphdef,
         state,
         x_btd,
         attention_mask_bt,
-        jnp.asarray(positions_bt, jnp.int32),
+        positions_bt,
         dict(intervention_params or {}),
         start_layer=start_layer,
         capture=capture,
