@@ -25,15 +25,18 @@ from igds_jax.selection import Selection
 
 logger = logging.getLogger(__name__)
 
+# run.memo key of the pool's prompt-conditioned mean response losses
+_POOL_LOSSES = "pool_response_losses"
+
 
 def _conditioned_losses(run: Run, examples: list, kwargs: dict) -> np.ndarray:
     """Return the pool's mean response losses given its prompts, computed once per command."""
-    if "pool_response_losses" not in run.memo:
+    if _POOL_LOSSES not in run.memo:
         assets = run.assets()
-        run.memo["pool_response_losses"] = mean_response_losses(
+        run.memo[_POOL_LOSSES] = mean_response_losses(
             assets.graphdef, assets.state, examples, **kwargs
         )
-    return run.memo["pool_response_losses"]
+    return run.memo[_POOL_LOSSES]
 
 
 def _model_scores(run: Run, name: str) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
@@ -45,7 +48,7 @@ def _model_scores(run: Run, name: str) -> tuple[np.ndarray, dict[str, np.ndarray
         with run.timed("baselines", "loss", tokens):
             losses = _conditioned_losses(run, examples, kwargs)
         return loss_scores(losses), {"loss": losses}, {}
-    reused = "pool_response_losses" in run.memo
+    reused = _POOL_LOSSES in run.memo
     with run.timed("baselines", "ifd", tokens if reused else 2 * tokens):
         cond, uncond = ifd_losses(
             assets.graphdef,

@@ -127,7 +127,7 @@ def test_report_mentions_each_part(full_run):
     report = (full_run / "report.md").read_text()
     for text in ("## Data", "## Features", "plots/deltas.png", "## Timings", "| zip |"):
         assert text in report
-    # the report says what a delta's sign and an ineligible count mean
+    # The report explains a delta's sign and what an ineligible count means.
     assert "a positive delta means the edit lowered the dev loss" in report
     assert "kept when its delta is above 0." in report
     assert "Causal metric: loss on " in report

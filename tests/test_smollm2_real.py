@@ -111,7 +111,7 @@ def test_tokenizer_matches_transformers_gguf_load(gguf_path, ours):
 
 
 def test_loads_without_torch(gguf_path, tmp_path):
-    # torch is a test-only dependency: the model and its tokenizer must load without it
+    # Torch is a test-only dependency, so the model and its tokenizer must load without it.
     import subprocess
     import sys
     import textwrap
@@ -119,7 +119,7 @@ def test_loads_without_torch(gguf_path, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
-        sys.modules["torch"] = None  # any import of torch now raises ImportError
+        sys.modules["torch"] = None  # Any import of torch now raises ImportError.
         from models.loading import load_model
         model = load_model({str(gguf_path)!r})
         print(model.tokenizer("Hello world 123")["input_ids"])
